@@ -1,0 +1,48 @@
+# Every target creates or reuses the virtual environment in $(VENV): on a fresh
+# machine `make serve` and `make test` are the only set-up commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: setup serve test lint format train export clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+# Serving needs only the runtime dependencies; tests, lint and training need the extras.
+$(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[train,dev]'
+	touch $@ $(VENV)/.serve-deps
+
+setup: $(VENV)/.dev-deps
+
+serve: $(VENV)/.serve-deps
+	$(BIN)/python -m service
+
+test: $(VENV)/.dev-deps
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy service training
+
+format: $(VENV)/.dev-deps
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# The default model: `make train export` reproduces models/seattle-weather/1 from data/.
+train: $(VENV)/.dev-deps
+	$(BIN)/python -m training train
+
+export: $(VENV)/.dev-deps
+	$(BIN)/python -m training export
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""LSTM inference service: ONNX Runtime behind FastAPI."""

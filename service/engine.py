@@ -1,0 +1,178 @@
+"""The model in ONNX Runtime: loading, provider choice, and batched prediction. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelLoadError
+from .repository import METADATA_FILE, MODEL_FILE
+
+log = logging.getLogger("service.engine")
+
+INPUTS = ("x", "h0", "c0", "lengths")
+OUTPUTS = ("y", "hn", "cn")
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+_NUMPY_TYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the served model is: read from its metadata and checked against the ONNX graph."""
+
+    name: str
+    version: str
+    input_size: int  # F
+    output_size: int  # O
+    hidden_size: int  # H
+    num_layers: int  # L
+    feature_names: list[str]
+    target_names: list[str]
+    metadata: dict[str, Any] = field(repr=False)
+
+
+@dataclass
+class Batch:
+    """Validated model inputs, padded: ready for ONNX Runtime."""
+
+    x: np.ndarray  # [B, T, F] float32, T = max(lengths)
+    h0: np.ndarray  # [L, B, H] float32
+    c0: np.ndarray  # [L, B, H] float32
+    lengths: np.ndarray  # [B] int, each in 1..T
+
+
+@dataclass
+class SequenceResult:
+    """One sequence's answer: exactly its own steps, and the states after its own last step."""
+
+    outputs: np.ndarray  # [T_i, O]
+    hn: np.ndarray  # [L, H]
+    cn: np.ndarray  # [L, H]
+
+
+def _read_metadata(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / METADATA_FILE).read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder / METADATA_FILE} is missing") from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{folder / METADATA_FILE} is unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{folder / METADATA_FILE} is not a JSON object")
+    return meta
+
+
+def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession) -> ModelSpec:
+    """Check that the graph has the signature the service drives and that metadata agrees with it."""
+    where = folder / MODEL_FILE
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if set(inputs) != set(INPUTS) or set(outputs) != set(OUTPUTS):
+        raise ModelLoadError(
+            f"{where}: inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+            f"the service needs inputs {list(INPUTS)} and outputs {list(OUTPUTS)}"
+        )
+    x_shape, h_shape, y_shape = inputs["x"].shape, inputs["h0"].shape, outputs["y"].shape
+    graph_dims = {"input_size": x_shape[-1], "num_layers": h_shape[0], "hidden_size": h_shape[-1]}
+    if len(y_shape) == 3 and isinstance(y_shape[-1], int):
+        graph_dims["output_size"] = y_shape[-1]
+    try:
+        spec = ModelSpec(
+            name=str(meta["name"]),
+            version=str(meta["version"]),
+            input_size=int(meta["input_size"]),
+            output_size=int(meta["output_size"]),
+            hidden_size=int(meta["hidden_size"]),
+            num_layers=int(meta["num_layers"]),
+            feature_names=[str(n) for n in meta["feature_names"]],
+            target_names=[str(n) for n in meta["target_names"]],
+            metadata=meta,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{folder / METADATA_FILE}: missing or malformed field {e}") from None
+    for key, dim in graph_dims.items():
+        if dim != getattr(spec, key):
+            raise ModelLoadError(f"{where}: the graph's {key} is {dim} but {METADATA_FILE} says {getattr(spec, key)}")
+    if len(spec.feature_names) != spec.input_size or len(spec.target_names) != spec.output_size:
+        raise ModelLoadError(f"{folder / METADATA_FILE}: feature or target names do not match the sizes")
+    return spec
+
+
+def _session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = inter_op_threads
+    return opts
+
+
+class Engine:
+    """One loaded model. ``predict`` takes a batch and returns one result per sequence, in order."""
+
+    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, folder: Path) -> None:
+        self.spec = spec
+        self.session = session
+        self.folder = folder
+        self.providers: list[str] = session.get_providers()  # what actually runs, fallbacks included
+        self.lengths_dtype = _NUMPY_TYPES.get({i.name: i.type for i in session.get_inputs()}["lengths"], np.int32)
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    @classmethod
+    def load(cls, folder: Path, provider: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 1) -> Engine:
+        """Load <folder>/model.onnx. ``provider``: auto (CUDA where usable, else CPU), cuda (required) or cpu."""
+        model_path = folder / MODEL_FILE
+        if not model_path.is_file():
+            raise ModelLoadError(f"{model_path} is missing")
+        meta = _read_metadata(folder)
+        want_cuda = provider == "cuda" or (provider == "auto" and CUDA in ort.get_available_providers())
+        providers = [CUDA, CPU] if want_cuda else [CPU]
+        try:
+            session = ort.InferenceSession(
+                str(model_path), _session_options(intra_op_threads, inter_op_threads), providers=providers
+            )
+        except Exception as e:  # ONNX Runtime raises its own exception types for corrupt or unreadable files
+            raise ModelLoadError(f"{model_path} cannot be loaded by ONNX Runtime: {e}") from None
+        actual = session.get_providers()
+        if provider == "cuda" and actual[0] != CUDA:
+            raise ModelLoadError(
+                f"LSTM_PROVIDER=cuda but ONNX Runtime runs {actual[0]}: no usable GPU or CUDA libraries "
+                f"(available providers: {ort.get_available_providers()})"
+            )
+        if want_cuda and actual[0] != CUDA:
+            log.warning("CUDA is not usable here; ONNX Runtime fell back to %s", actual[0])
+        engine = cls(_spec(folder, meta, session), session, folder)
+        log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
+        return engine
+
+    def zero_states(self, batch: int) -> np.ndarray:
+        return np.zeros((self.spec.num_layers, batch, self.spec.hidden_size), dtype=np.float32)
+
+    def predict(self, batch: Batch) -> list[SequenceResult]:
+        feeds = {"x": batch.x, "h0": batch.h0, "c0": batch.c0, "lengths": batch.lengths.astype(self.lengths_dtype)}
+        y, hn, cn = self.session.run(list(OUTPUTS), feeds)
+        # Batch-major and contiguous, so each sequence's slice is contiguous too (fast JSON encoding).
+        hn = np.ascontiguousarray(hn.transpose(1, 0, 2))
+        cn = np.ascontiguousarray(cn.transpose(1, 0, 2))
+        y = np.ascontiguousarray(y)
+        # Past a sequence's end the graph returns the head's bias, never the sequence's own output: cut it.
+        return [SequenceResult(y[i, :n], hn[i], cn[i]) for i, n in enumerate(batch.lengths.tolist())]
+
+    def warmup(self) -> None:
+        """One small inference, so the first request does not pay for lazy initialisation."""
+        x = np.zeros((1, 2, self.spec.input_size), dtype=np.float32)
+        x += np.asarray(self.spec.metadata.get("feature_means", 0.0), dtype=np.float32)
+        h0 = self.zero_states(1)
+        self.predict(Batch(x, h0, h0, np.array([2])))

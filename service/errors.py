@@ -1,0 +1,36 @@
+"""Typed errors of the service, free of HTTP: the app maps each to a status code, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Loc = tuple[str | int, ...]
+
+
+def error(loc: Loc, msg: str, type_: str, **ctx: Any) -> dict[str, Any]:
+    """One entry of FastAPI's validation error list."""
+    entry: dict[str, Any] = {"loc": list(loc), "msg": msg, "type": type_}
+    if ctx:
+        entry["ctx"] = ctx
+    return entry
+
+
+class InvalidInput(ValueError):
+    """The request's content is wrong; ``errors`` names each place at fault (answered 422)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else "invalid input")
+        self.errors = errors
+
+
+class PayloadTooLarge(ValueError):
+    """The request body exceeds the configured limit (answered 413)."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        got = f"{size} bytes" if size is not None else "over the limit"
+        super().__init__(f"Request body is {got}; the limit is {limit} bytes")
+        self.limit = limit
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served: missing, unreadable, corrupt, or not what the service expects."""

@@ -1,0 +1,123 @@
+"""HTTP routes: validate, ``engine.predict``, respond."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from .engine import Engine
+from .errors import PayloadTooLarge
+from .payload import Limits, decode_predict, encode_predict
+from .schemas import ErrorResponse, Health, LimitsInfo, ModelInfo, PredictRequest, PredictResponse
+from .settings import Settings
+
+INLINE_DECODE_BYTES = 256 * 1024  # larger bodies are decoded off the event loop
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine | None = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise HTTPException(status_code=503, detail="model not loaded yet")
+    return engine
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+router = APIRouter()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` (from Content-Length or while streaming)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(None, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/predict",
+    summary="Run a batch of sequences",
+    response_class=Response,
+    responses={
+        200: {"model": PredictResponse, "description": "Per-step outputs and final states, one entry per sequence."},
+        413: {"model": ErrorResponse, "description": "The body exceeds the size limit."},
+        422: {"model": ErrorResponse, "description": "The body is invalid: `loc` names the field, sequence and step."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        }
+    },
+)
+async def predict(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+    """Sequences go in with optional initial states; per-step outputs and final states come back.
+
+    To stream a long sequence, send it in chunks and pass each answer's `hn` and `cn`
+    back as the next chunk's `h0` and `c0`: the outputs equal one whole-sequence call.
+    """
+    body = await read_body(request, settings.max_body_bytes)
+    limits = Limits(settings.max_batch_size, settings.max_steps)
+    if len(body) <= INLINE_DECODE_BYTES:
+        batch = decode_predict(body, engine.spec, limits)
+    else:
+        batch = await run_in_threadpool(decode_predict, body, engine.spec, limits)
+    results = await run_in_threadpool(engine.predict, batch)
+    return Response(encode_predict(results, engine.spec), media_type="application/json")
+
+
+@router.get("/model", response_model=ModelInfo, summary="The served model, its provider and the limits in force")
+async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
+    spec = engine.spec
+    return ModelInfo(
+        name=spec.name,
+        version=spec.version,
+        task=spec.metadata.get("task"),
+        input_size=spec.input_size,
+        output_size=spec.output_size,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        feature_names=spec.feature_names,
+        target_names=spec.target_names,
+        provider=engine.provider,
+        providers=engine.providers,
+        device=engine.device,
+        limits=LimitsInfo(
+            max_batch_size=settings.max_batch_size,
+            max_steps=settings.max_steps,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        metrics=spec.metadata.get("metrics", {}),
+    )
+
+
+@router.get("/health/live", response_model=Health, summary="The process is up")
+async def live() -> Health:
+    return Health(status="alive")
+
+
+@router.get(
+    "/health/ready",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Not ready: the model is loading or warming up."}},
+    summary="The model is loaded and warmed up",
+)
+async def ready(request: Request) -> Response:
+    if getattr(request.app.state, "ready", False):
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not ready"}, status_code=503)

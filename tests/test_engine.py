@@ -1,0 +1,110 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import repository
+from service.engine import Batch, Engine
+from service.errors import ModelLoadError
+
+from .conftest import windows
+
+
+@pytest.fixture(scope="module")
+def engine(repo: Path) -> Engine:
+    return Engine.load(repo / "tiny" / "1", provider="cpu")
+
+
+def _batch(engine: Engine, seqs: list[np.ndarray]) -> Batch:
+    lengths = np.array([len(s) for s in seqs], dtype=np.int32)
+    x = np.zeros((len(seqs), lengths.max(), 4), dtype=np.float32)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = s
+    z = engine.zero_states(len(seqs))
+    return Batch(x, z, z, lengths)
+
+
+def test_reports_the_provider_that_actually_runs(engine: Engine) -> None:
+    assert engine.providers == engine.session.get_providers()
+    assert engine.provider == "CPUExecutionProvider" and engine.device == "cpu"
+
+
+def test_auto_reports_what_onnx_runtime_fell_back_to(repo: Path) -> None:
+    e = Engine.load(repo / "tiny" / "1", provider="auto")
+    assert e.provider == e.session.get_providers()[0]
+    assert e.device == ("cuda" if e.provider == "CUDAExecutionProvider" else "cpu")
+
+
+def test_cuda_required_without_a_gpu_fails_clearly(repo: Path) -> None:
+    probe = Engine.load(repo / "tiny" / "1", provider="auto")
+    if probe.device == "cuda":
+        assert Engine.load(repo / "tiny" / "1", provider="cuda").device == "cuda"
+    else:
+        with pytest.raises(ModelLoadError, match="LSTM_PROVIDER=cuda"):
+            Engine.load(repo / "tiny" / "1", provider="cuda")
+
+
+def test_one_result_per_sequence_in_order_with_its_own_steps(
+    engine: Engine, weather: np.ndarray, rng: np.random.Generator
+) -> None:
+    seqs = windows(weather, [5, 1, 12, 3], rng)
+    results = engine.predict(_batch(engine, seqs))
+    assert [r.outputs.shape for r in results] == [(5, 1), (1, 1), (12, 1), (3, 1)]
+    for seq, r in zip(seqs, results, strict=True):
+        alone = engine.predict(_batch(engine, [seq]))[0]
+        np.testing.assert_allclose(r.outputs, alone.outputs, atol=1e-5)
+        np.testing.assert_allclose(r.hn, alone.hn, atol=1e-6)
+        np.testing.assert_allclose(r.cn, alone.cn, atol=1e-6)
+        assert r.hn.shape == (2, 8) and r.hn.flags.c_contiguous and r.outputs.flags.c_contiguous
+
+
+def test_repository_picks_the_latest_version_unless_pinned(repo: Path, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    for v in (1, 2, 10):
+        shutil.copytree(repo / "tiny" / "1", root / "tiny" / str(v))
+    (root / "tiny" / "notes").mkdir()
+    assert repository.versions(root, "tiny") == [1, 2, 10]
+    assert repository.resolve(root, None, None) == root / "tiny" / "10"
+    assert repository.resolve(root, "tiny", 2) == root / "tiny" / "2"
+    with pytest.raises(ModelLoadError, match="no version 3"):
+        repository.resolve(root, "tiny", 3)
+    with pytest.raises(ModelLoadError, match="no model 'other'"):
+        repository.resolve(root, "other", None)
+    shutil.copytree(repo / "tiny", root / "second")
+    with pytest.raises(ModelLoadError, match="set LSTM_MODEL_NAME"):
+        repository.resolve(root, None, None)
+
+
+@pytest.fixture()
+def model_copy(repo: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "m" / "1"
+    shutil.copytree(repo / "tiny" / "1", folder)
+    return folder
+
+
+def test_missing_model_file(model_copy: Path) -> None:
+    (model_copy / "model.onnx").unlink()
+    with pytest.raises(ModelLoadError, match=r"model\.onnx is missing"):
+        Engine.load(model_copy, provider="cpu")
+
+
+def test_corrupt_model_file(model_copy: Path) -> None:
+    (model_copy / "model.onnx").write_bytes(b"\x08\x07not an onnx file" * 10)
+    with pytest.raises(ModelLoadError, match="cannot be loaded by ONNX Runtime"):
+        Engine.load(model_copy, provider="cpu")
+
+
+def test_metadata_that_disagrees_with_the_graph(model_copy: Path) -> None:
+    meta = json.loads((model_copy / "metadata.json").read_text())
+    meta["hidden_size"] = 64
+    (model_copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"hidden_size is 8 but metadata\.json says 64"):
+        Engine.load(model_copy, provider="cpu")
+
+
+def test_missing_metadata(model_copy: Path) -> None:
+    (model_copy / "metadata.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"metadata\.json is missing"):
+        Engine.load(model_copy, provider="cpu")

@@ -1,0 +1,59 @@
+"""End to end: the real server (`python -m service`, uvicorn) on 127.0.0.1 and a free port, over httpx."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from .conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "LSTM_MODEL_REPOSITORY": str(repo), "LSTM_PORT": str(port), "LSTM_PROVIDER": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "server exited during start-up"
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("server not ready within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0  # SIGTERM: a clean exit
+
+
+def test_real_server_predicts_streams_and_rejects(server: str, weather: np.ndarray) -> None:
+    with httpx.Client(base_url=server, timeout=10) as http:
+        assert http.get("/model").json()["name"] == "tiny"
+        seq = weather[:40].tolist()
+        whole = http.post("/predict", json={"inputs": [seq]}).json()
+        first = http.post("/predict", json={"inputs": [seq[:25]]}).json()
+        rest = http.post("/predict", json={"inputs": [seq[25:]], "h0": first["hn"], "c0": first["cn"]}).json()
+        np.testing.assert_allclose(first["outputs"][0] + rest["outputs"][0], whole["outputs"][0], atol=1e-5)
+        np.testing.assert_allclose(rest["hn"], whole["hn"], atol=1e-5)
+        bad = http.post("/predict", json={"inputs": []})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "inputs"]
+        assert http.get("/health/ready").status_code == 200

@@ -1,0 +1,72 @@
+"""Command line: ``python -m training train|export ...`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import Any
+
+from .train import TrainConfig
+
+
+def _csv_list(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected one or more comma-separated names")
+    return items
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, defaulting to the dataclass's own default."""
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, list):
+            parser.add_argument(
+                flag, type=_csv_list, default=default, help=f"comma-separated (default: {','.join(default)})"
+            )
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_train = sub.add_parser("train", help="train on a CSV and write a checkpoint, metrics and plots")
+    _add_config_flags(p_train)
+
+    p_export = sub.add_parser("export", help="export a checkpoint to the ONNX model repository")
+    p_export.add_argument("--checkpoint", default="artifacts/seattle-weather/checkpoint.pt")
+    p_export.add_argument("--repository", default="models", help="model repository root (default: models)")
+    p_export.add_argument("--name", default="seattle-weather", help="model name (default: seattle-weather)")
+    p_export.add_argument("--version", type=int, default=1, help="model version, a positive integer (default: 1)")
+
+    args = parser.parse_args(argv)
+    opts: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        if args.command == "train":
+            from .train import train
+
+            metrics = train(TrainConfig(**opts))
+            print(json.dumps(metrics, indent=2))
+        else:
+            from .export import export
+
+            if args.version < 1:
+                parser.error("--version must be a positive integer")
+            folder = export(**opts)
+            print(f"wrote {folder}/model.onnx and {folder}/metadata.json")
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
