@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from . import repository
 from .engine import Engine, ModelSpec
 from .errors import InvalidInput, PayloadTooLarge, error
+from .explain import ExplainUnavailable
 from .routes import router
 from .settings import Settings, get_settings
 
@@ -63,6 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:
         detail = [error(("body",), str(exc), "too_large", limit=exc.limit)]
         return JSONResponse({"detail": detail}, status_code=413)
+
+    @app.exception_handler(ExplainUnavailable)
+    async def cannot_explain(request: Request, exc: ExplainUnavailable) -> JSONResponse:
+        detail = [error(("body", "explain"), f"This model cannot be explained: {exc}", "explain_unavailable")]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelLoadError
+from .explain import Explainer
 from .repository import METADATA_FILE, MODEL_FILE
 
 log = logging.getLogger("service.engine")
@@ -121,6 +123,8 @@ class Engine:
         self.folder = folder
         self.providers: list[str] = session.get_providers()  # what actually runs, fallbacks included
         self.lengths_dtype = _NUMPY_TYPES.get({i.name: i.type for i in session.get_inputs()}["lengths"], np.int32)
+        self._explainer: Explainer | None = None  # built on the first explain request
+        self._explainer_lock = threading.Lock()
 
     @property
     def provider(self) -> str:
@@ -169,6 +173,17 @@ class Engine:
         y = np.ascontiguousarray(y)
         # Past a sequence's end the graph returns the head's bias, never the sequence's own output: cut it.
         return [SequenceResult(y[i, :n], hn[i], cn[i]) for i, n in enumerate(batch.lengths.tolist())]
+
+    def explain(self, batch: Batch) -> list[dict[str, np.ndarray]]:
+        """Per sequence: gates, candidates and states [L, T_i, H] from the numpy reference (slow path)."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                self._explainer = Explainer.from_onnx(self.folder / MODEL_FILE)
+        explainer = self._explainer
+        return [
+            explainer.explain(batch.x[i, :n], batch.h0[:, i], batch.c0[:, i])
+            for i, n in enumerate(batch.lengths.tolist())
+        ]
 
     def warmup(self) -> None:
         """One small inference, so the first request does not pay for lazy initialisation."""

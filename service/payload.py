@@ -18,7 +18,7 @@ import orjson
 from .engine import Batch, ModelSpec, SequenceResult
 from .errors import InvalidInput, Loc, error
 
-FIELDS = ("inputs", "h0", "c0")
+FIELDS = ("inputs", "h0", "c0", "explain")
 MAX_ERRORS = 20  # a body with a million wrong values gets the first few named, not a million-line answer
 
 
@@ -26,6 +26,15 @@ MAX_ERRORS = 20  # a body with a million wrong values gets the first few named, 
 class Limits:
     max_batch_size: int  # sequences per request
     max_steps: int  # steps per sequence
+    explain_max_values: int  # with explain: steps (all sequences) x layers x hidden units
+
+
+@dataclass
+class PredictCall:
+    """A decoded /predict body."""
+
+    batch: Batch
+    explain: bool  # also return per-step gates and states
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,18 @@ def _inputs(obj: Any, dims: list[Dim], fast: bool) -> tuple[np.ndarray, np.ndarr
     return x, lengths
 
 
-def decode_predict(body: bytes, spec: ModelSpec, limits: Limits) -> Batch:
+def _check_explain_size(lengths: np.ndarray, spec: ModelSpec, limits: Limits) -> None:
+    steps = int(lengths.sum())
+    values = steps * spec.num_layers * spec.hidden_size
+    if values > limits.explain_max_values:
+        msg = (
+            f"An explanation of {steps} steps x {spec.num_layers} layers x {spec.hidden_size} units = {values} "
+            f"values is over the explanation limit of {limits.explain_max_values}; send fewer steps"
+        )
+        raise InvalidInput([error(("body", "explain"), msg, "too_long", limit=limits.explain_max_values)])
+
+
+def decode_predict(body: bytes, spec: ModelSpec, limits: Limits) -> PredictCall:
     """Parse and validate a /predict body against the model and the limits."""
     doc = load_json(body)
     if not isinstance(doc, dict):
@@ -161,23 +181,29 @@ def decode_predict(body: bytes, spec: ModelSpec, limits: Limits) -> Batch:
     if (h0 is None) != (c0 is None):
         absent = "c0" if c0 is None else "h0"
         errors.append(error(("body", absent), "h0 and c0 go together: give both or neither", "missing"))
+    explain = doc.get("explain", False)
+    if not isinstance(explain, bool):
+        errors.append(error(("body", "explain"), "Input should be a valid boolean", "bool_type"))
     if errors:
         raise InvalidInput(errors)
 
-    # numpy would read the JSON literals true and false as 1 and 0; a body with any takes the exact walk.
-    fast = b"true" not in body and b"false" not in body
+    # numpy would read the JSON literals true and false as 1 and 0: a body with more of them than the
+    # explain flag accounts for takes the exact walk, which rejects them.
+    fast = body.count(b"true") + body.count(b"false") == int("explain" in doc)
     dims = [
         Dim("sequence", 1, limits.max_batch_size),
         Dim("step", 1, limits.max_steps),
         Dim("value", spec.input_size, spec.input_size, spec.feature_names),
     ]
     x, lengths = _inputs(doc["inputs"], dims, fast)
-    batch = len(lengths)
+    if explain:
+        _check_explain_size(lengths, spec, limits)
+    n_seqs = len(lengths)
     if h0 is None:
-        zeros = np.zeros((spec.num_layers, batch, spec.hidden_size), dtype=np.float32)
-        return Batch(x, zeros, zeros, lengths)
+        zeros = np.zeros((spec.num_layers, n_seqs, spec.hidden_size), dtype=np.float32)
+        return PredictCall(Batch(x, zeros, zeros, lengths), explain)
     state_dims = [
-        Dim("sequence", batch, batch),  # one per sequence of inputs
+        Dim("sequence", n_seqs, n_seqs),  # one per sequence of inputs
         Dim("layer", spec.num_layers, spec.num_layers),
         Dim("unit", spec.hidden_size, spec.hidden_size),
     ]
@@ -189,16 +215,18 @@ def decode_predict(body: bytes, spec: ModelSpec, limits: Limits) -> Batch:
             errors.extend(e.errors)
     if errors:
         raise InvalidInput(errors)
-    return Batch(x, states[0], states[1], lengths)
+    return PredictCall(Batch(x, states[0], states[1], lengths), explain)
 
 
-def encode_predict(results: list[SequenceResult], spec: ModelSpec) -> bytes:
-    return orjson.dumps(
-        {
-            "outputs": [r.outputs for r in results],
-            "hn": [r.hn for r in results],
-            "cn": [r.cn for r in results],
-            "model": {"name": spec.name, "version": spec.version},
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+def encode_predict(
+    results: list[SequenceResult], spec: ModelSpec, explanations: list[dict[str, np.ndarray]] | None = None
+) -> bytes:
+    answer: dict[str, Any] = {
+        "outputs": [r.outputs for r in results],
+        "hn": [r.hn for r in results],
+        "cn": [r.cn for r in results],
+        "model": {"name": spec.name, "version": spec.version},
+    }
+    if explanations is not None:
+        answer["explanation"] = explanations
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)

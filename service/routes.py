@@ -70,15 +70,20 @@ async def predict(request: Request, engine: EngineDep, settings: SettingsDep) ->
 
     To stream a long sequence, send it in chunks and pass each answer's `hn` and `cn`
     back as the next chunk's `h0` and `c0`: the outputs equal one whole-sequence call.
+
+    With `"explain": true` the answer also holds, per sequence, layer, step and unit, the
+    forget, input and output gates, the candidate values and the cell and hidden states
+    (a numpy reference of the LSTM equations on the model's own weights; lower limits apply).
     """
     body = await read_body(request, settings.max_body_bytes)
-    limits = Limits(settings.max_batch_size, settings.max_steps)
+    limits = Limits(settings.max_batch_size, settings.max_steps, settings.explain_max_values)
     if len(body) <= INLINE_DECODE_BYTES:
-        batch = decode_predict(body, engine.spec, limits)
+        call = decode_predict(body, engine.spec, limits)
     else:
-        batch = await run_in_threadpool(decode_predict, body, engine.spec, limits)
-    results = await run_in_threadpool(engine.predict, batch)
-    return Response(encode_predict(results, engine.spec), media_type="application/json")
+        call = await run_in_threadpool(decode_predict, body, engine.spec, limits)
+    results = await run_in_threadpool(engine.predict, call.batch)
+    explanations = await run_in_threadpool(engine.explain, call.batch) if call.explain else None
+    return Response(encode_predict(results, engine.spec, explanations), media_type="application/json")
 
 
 @router.get("/model", response_model=ModelInfo, summary="The served model, its provider and the limits in force")
@@ -101,6 +106,7 @@ async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
             max_batch_size=settings.max_batch_size,
             max_steps=settings.max_steps,
             max_body_bytes=settings.max_body_bytes,
+            explain_max_values=settings.explain_max_values,
         ),
         metrics=spec.metadata.get("metrics", {}),
     )

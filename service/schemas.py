@@ -30,6 +30,10 @@ class PredictRequest(BaseModel):
         default=None,
         description="Initial cell state [batch][layer][unit]: a previous answer's `cn`. With `h0`, or neither (zeros).",
     )
+    explain: bool = Field(
+        default=False,
+        description="Also return per-step gates and states (`explanation`); limited by `explain_max_values`.",
+    )
 
 
 class ModelRef(BaseModel):
@@ -37,11 +41,23 @@ class ModelRef(BaseModel):
     version: str
 
 
+class Explanation(BaseModel):
+    """One sequence's LSTM internals, each [layer][step][unit]."""
+
+    forget: Tensor3 = Field(description="Forget gate f(t) in (0, 1): how much of c(t-1) is kept.")
+    input: Tensor3 = Field(description="Input gate i(t) in (0, 1): how much of the candidate is written.")
+    output: Tensor3 = Field(description="Output gate o(t) in (0, 1): how much of tanh(c(t)) becomes h(t).")
+    candidate: Tensor3 = Field(description="Candidate values g(t) in (-1, 1).")
+    cell: Tensor3 = Field(description="Cell state c(t), the long-term memory.")
+    hidden: Tensor3 = Field(description="Hidden state h(t), the short-term memory and the layer's output.")
+
+
 class PredictResponse(BaseModel):
     outputs: Tensor3 = Field(description="[batch][step][output]: exactly each sequence's own steps, no padding.")
     hn: Tensor3 = Field(description="Hidden state after each sequence's last step [batch][layer][unit].")
     cn: Tensor3 = Field(description="Cell state after each sequence's last step [batch][layer][unit].")
     model: ModelRef
+    explanation: list[Explanation] | None = Field(default=None, description='One per sequence, with "explain": true.')
 
 
 class ErrorItem(BaseModel):
@@ -59,6 +75,7 @@ class LimitsInfo(BaseModel):
     max_batch_size: int = Field(description="Sequences per request.")
     max_steps: int = Field(description="Steps per sequence.")
     max_body_bytes: int = Field(description="Request body size; 413 beyond.")
+    explain_max_values: int = Field(description="With explain: steps (all sequences) x layers x hidden units.")
 
 
 class ModelInfo(BaseModel):

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=256, ge=1)  # sequences
     max_steps: int = Field(default=10_000, ge=1)  # steps in each sequence
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # 413 beyond
+    # With "explain": true, steps (over all sequences) x layers x hidden units; each value is six numbers back.
+    explain_max_values: int = Field(default=131_072, ge=1)
     # Where `python -m service` listens.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -37,7 +37,14 @@ def repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(repo: Path) -> Settings:
-    return Settings(model_repository=repo, provider="cpu", max_batch_size=16, max_steps=600, max_body_bytes=256 * 1024)
+    return Settings(
+        model_repository=repo,
+        provider="cpu",
+        max_batch_size=16,
+        max_steps=600,
+        max_body_bytes=256 * 1024,
+        explain_max_values=4096,  # 256 steps of the tiny model's 2 layers x 8 units
+    )
 
 
 @pytest.fixture(scope="session")

@@ -137,6 +137,7 @@ def test_model_route(client: TestClient, settings: Settings) -> None:
         "max_batch_size": settings.max_batch_size,
         "max_steps": settings.max_steps,
         "max_body_bytes": settings.max_body_bytes,
+        "explain_max_values": settings.explain_max_values,
     }
 
 

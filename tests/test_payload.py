@@ -9,13 +9,13 @@ from service.errors import InvalidInput
 from service.payload import Limits, decode_predict
 
 SPEC = ModelSpec("m", "1", 3, 1, 2, 2, ["a", "b", "c"], ["a"], metadata={})
-LIMITS = Limits(max_batch_size=4, max_steps=5)
+LIMITS = Limits(max_batch_size=4, max_steps=5, explain_max_values=2 * 2 * 6)  # 6 steps of 2 layers x 2 units
 STEP = [1.0, 2.0, 3.0]
 STATE = [[0.1, 0.2], [0.3, 0.4]]  # [layer][unit]
 
 
 def decode(doc: object):
-    return decode_predict(orjson.dumps(doc), SPEC, LIMITS)
+    return decode_predict(orjson.dumps(doc), SPEC, LIMITS).batch
 
 
 def first_error(doc: object, raw: bytes | None = None) -> dict:
@@ -80,6 +80,10 @@ def test_integers_and_huge_integers_are_numbers() -> None:
             "finite_number",
             "",
         ),
+        ({"inputs": [[STEP]], "explain": 1}, ["body", "explain"], "bool_type", "boolean"),
+        ({"inputs": [[STEP]], "explain": None}, ["body", "explain"], "bool_type", "boolean"),
+        ({"inputs": [[STEP] * 4, [STEP] * 3], "explain": True}, ["body", "explain"], "too_long", "7 steps x 2 layers"),
+        ({"inputs": [[STEP, [1.0, False, 3.0]]], "explain": True}, ["body", "inputs", 0, 1, 1], "float_type", "number"),
     ],
 )
 def test_bad_input_names_the_place(doc: object, loc: list, type_: str, text: str) -> None:
@@ -103,3 +107,12 @@ def test_several_faults_are_all_named() -> None:
         ["body", "inputs", 1],
         ["body", "inputs", 2, 1, 1],
     ]
+
+
+def test_explain_flag_and_its_limit() -> None:
+    for flag in (True, False):
+        call = decode_predict(orjson.dumps({"inputs": [[STEP] * 3, [STEP] * 3], "explain": flag}), SPEC, LIMITS)
+        assert call.explain is flag and call.batch.lengths.tolist() == [3, 3]
+    assert decode_predict(orjson.dumps({"inputs": [[STEP]]}), SPEC, LIMITS).explain is False
+    # The limit is for explanations only: the same 7 steps without explain are fine.
+    assert decode({"inputs": [[STEP] * 4, [STEP] * 3], "explain": False}).lengths.tolist() == [4, 3]

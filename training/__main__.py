@@ -47,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--name", default="seattle-weather", help="model name (default: seattle-weather)")
     p_export.add_argument("--version", type=int, default=1, help="model version, a positive integer (default: 1)")
 
+    p_explain = sub.add_parser("explain", help="draw a model's gates and cell state over a CSV (PNG)")
+    p_explain.add_argument("--model", default="models/seattle-weather/1", help="a model version folder")
+    p_explain.add_argument(
+        "--data", default=None, help="CSV with the model's feature columns (default: its training data)"
+    )
+    p_explain.add_argument("--start", type=int, default=None, help="first row to draw (default: the last --steps rows)")
+    p_explain.add_argument("--steps", type=int, default=365, help="rows to draw (default: 365)")
+    p_explain.add_argument("--layer", type=int, default=-1, help="layer index, 0-based; -1 the top (default)")
+    p_explain.add_argument("--out", default="artifacts/seattle-weather/gates.png")
+
     args = parser.parse_args(argv)
     opts: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     try:
@@ -55,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
 
             metrics = train(TrainConfig(**opts))
             print(json.dumps(metrics, indent=2))
+        elif args.command == "explain":
+            from pathlib import Path
+
+            from .explain import plot
+
+            model = Path(args.model)
+            data = args.data or json.loads((model / "metadata.json").read_text())["training"]["data"]
+            summary = plot(model, data, Path(args.out), args.start, args.steps, args.layer)
+            print(json.dumps(summary, indent=2))
+            print(f"wrote {args.out}")
         else:
             from .export import export
 
