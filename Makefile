@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test lint format train export clean
+.PHONY: setup serve test lint format train export docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy service training
+	$(BIN)/hadolint Dockerfile docker/train.Dockerfile
 
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff check --fix .
@@ -43,6 +44,10 @@ train: $(VENV)/.dev-deps
 
 export: $(VENV)/.dev-deps
 	$(BIN)/python -m training export
+
+# Builds the images and runs the compose stack on a real Docker engine (../shared/docker); not in `make test`.
+docker-test: $(VENV)/.dev-deps
+	PYTHON=$(BIN)/python docker/test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

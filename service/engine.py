@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import threading
@@ -106,6 +107,12 @@ def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession) -> 
     return spec
 
 
+def _preload_cuda_wheels() -> None:
+    """Make the CUDA and cuDNN libraries of the nvidia-* wheels (onnxruntime-gpu's pip extras) loadable."""
+    if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+
+
 def _session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -143,6 +150,8 @@ class Engine:
         meta = _read_metadata(folder)
         want_cuda = provider == "cuda" or (provider == "auto" and CUDA in ort.get_available_providers())
         providers = [CUDA, CPU] if want_cuda else [CPU]
+        if want_cuda:
+            _preload_cuda_wheels()
         try:
             session = ort.InferenceSession(
                 str(model_path), _session_options(intra_op_threads, inter_op_threads), providers=providers

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# make docker-test: build the images, run the compose stack on a real Docker engine, check it from
+# outside, stop it, bring it down. Needs root (to start the engine) and ../shared/docker/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${SHARED_DOCKER:-../shared/docker}
+py=${PYTHON:-.venv/bin/python}
+port=${LSTM_TEST_PORT:-18000}
+compose="$shared/compose-host.sh"
+log() { printf '\n== docker-test: %s\n' "$*"; }
+fail() { printf '\ndocker-test FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ -x "$shared/engine-up.sh" ] || fail "no Docker engine helper at $shared/engine-up.sh: cannot start a Docker engine here"
+"$shared/engine-up.sh" || fail "no Docker engine could be started (see the lines above)"
+docker info >/dev/null 2>&1 || fail "the Docker engine does not answer"
+
+# Inside the stack: loopback only, on a port of its own (the host's network is shared).
+export LSTM_HOST=127.0.0.1 LSTM_PORT=$port COMPOSE_PROJECT_NAME=lstm-docker-test
+cleanup() { "$compose" down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+log "hadolint"
+.venv/bin/hadolint Dockerfile docker/train.Dockerfile
+
+log "build the slim CPU image"
+LSTM_ONNXRUNTIME=cpu "$compose" build lstm
+log "build the CUDA image and bring the stack up (it runs on the CPU here)"
+"$compose" up -d --build --wait --wait-timeout 180 lstm
+
+for image in lstm-service:gpu lstm-service:cpu; do
+  docker run --rm --network none --entrypoint python "$image" -c '
+import importlib.util as u, shutil, sys
+assert u.find_spec("torch") is None, "torch in the serving image"
+assert u.find_spec("training") is None, "training code in the serving image"
+assert not any(shutil.which(c) for c in ("gcc", "cc", "g++")), "a compiler in the serving image"
+' || fail "$image holds what serving does not need"
+done
+docker run --rm --network none --entrypoint python lstm-service:gpu -c '
+import importlib.util as u; assert u.find_spec("nvidia.cudnn") and u.find_spec("nvidia.cublas"), "no CUDA wheels"' \
+  || fail "the CUDA image lacks the CUDA and cuDNN wheels"
+docker run --rm --network none --entrypoint python lstm-service:cpu -c '
+import importlib.util as u; assert u.find_spec("nvidia") is None, "CUDA wheels in the slim image"' \
+  || fail "the slim image holds CUDA libraries"
+
+log "checks from outside the container"
+LSTM_URL="http://127.0.0.1:$port" "$py" -m pytest -q -p no:cacheprovider docker/test_stack.py
+
+log "the process runs as non-root"
+uid=$("$compose" exec -T lstm id -u)
+[ "$uid" != "0" ] || fail "the service runs as root"
+echo "uid $uid"
+
+log "stop: SIGTERM, graceful drain, exit 0"
+container=$("$compose" ps -q lstm)
+"$compose" stop lstm
+code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
+docker logs "$container" 2>&1 | grep -q "Application shutdown complete" || fail "no graceful shutdown in the logs"
+[ "$code" = "0" ] || fail "the service exited $code on SIGTERM"
+echo "exit code $code"
+
+log "train and export a model inside a container"
+find_links=""
+if ls /opt/wheels/torch-2.13.0*.whl >/dev/null 2>&1; then
+  # This machine keeps a CPU build of torch on disk: serve it to the build over loopback.
+  wheel_port=$((port + 1))
+  python3 -m http.server --bind 127.0.0.1 --directory /opt/wheels "$wheel_port" >/dev/null 2>&1 &
+  wheels_pid=$!
+  trap 'kill $wheels_pid 2>/dev/null || true; cleanup' EXIT
+  find_links="http://127.0.0.1:$wheel_port/"
+fi
+PIP_FIND_LINKS=$find_links "$compose" --profile train build train
+out=$(mktemp -d)
+chmod 0777 "$out"
+docker run --rm --network none -v "$out:/app/models" lstm-service:train \
+  sh -c "python -m training train --max-epochs 2 --hidden-size 8 --no-plots && python -m training export"
+[ -s "$out/seattle-weather/1/model.onnx" ] && [ -s "$out/seattle-weather/1/metadata.json" ] \
+  || fail "the training container wrote no model"
+rm -rf "$out"
+
+log "image sizes"
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep '^lstm-service:'
+
+"$compose" down -v --remove-orphans
+trap - EXIT
+printf '\ndocker-test passed\n'
