@@ -35,9 +35,17 @@ assert u.find_spec("training") is None, "training code in the serving image"
 assert not any(shutil.which(c) for c in ("gcc", "cc", "g++")), "a compiler in the serving image"
 ' || fail "$image holds what serving does not need"
 done
-docker run --rm --network none --entrypoint python lstm-service:gpu -c '
-import importlib.util as u; assert u.find_spec("nvidia.cudnn") and u.find_spec("nvidia.cublas"), "no CUDA wheels"' \
-  || fail "the CUDA image lacks the CUDA and cuDNN wheels"
+# The CUDA image: with the wheels' libraries preloaded, CUDA fails here for want of the driver alone
+# (libcuda.so.1, which the NVIDIA container toolkit mounts on a GPU host), and the CPU takes over.
+cuda_log=$(docker run --rm --network none --entrypoint python lstm-service:gpu -c '
+import onnxruntime as ort
+ort.preload_dlls()
+s = ort.InferenceSession("/app/models/seattle-weather/1/model.onnx", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+print("providers", s.get_providers())' 2>&1)
+grep -q "libcuda.so.1" <<<"$cuda_log" || fail "the CUDA image misses more than the driver: $cuda_log"
+grep -qE "Failed to load (libcublas|libcudnn|libcurand|libcufft|libcudart)" <<<"$cuda_log" \
+  && fail "the CUDA image lacks CUDA or cuDNN libraries: $cuda_log"
+grep -q "providers \['CPUExecutionProvider'\]" <<<"$cuda_log" || fail "no CPU fallback: $cuda_log"
 docker run --rm --network none --entrypoint python lstm-service:cpu -c '
 import importlib.util as u; assert u.find_spec("nvidia") is None, "CUDA wheels in the slim image"' \
   || fail "the slim image holds CUDA libraries"
@@ -54,7 +62,8 @@ log "stop: SIGTERM, graceful drain, exit 0"
 container=$("$compose" ps -q lstm)
 "$compose" stop lstm
 code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
-docker logs "$container" 2>&1 | grep -q "Application shutdown complete" || fail "no graceful shutdown in the logs"
+logs=$(docker logs "$container" 2>&1)
+grep -q "Application shutdown complete" <<<"$logs" || fail "no graceful shutdown in the logs"
 [ "$code" = "0" ] || fail "the service exited $code on SIGTERM"
 echo "exit code $code"
 
@@ -68,13 +77,27 @@ if ls /opt/wheels/torch-2.13.0*.whl >/dev/null 2>&1; then
   trap 'kill $wheels_pid 2>/dev/null || true; cleanup' EXIT
   find_links="http://127.0.0.1:$wheel_port/"
 fi
-PIP_FIND_LINKS=$find_links "$compose" --profile train build train
+PIP_FIND_LINKS=$find_links COMPOSE_ARGS="--profile train" "$compose" build train
 out=$(mktemp -d)
 chmod 0777 "$out"
 docker run --rm --network none -v "$out:/app/models" lstm-service:train \
   sh -c "python -m training train --max-epochs 2 --hidden-size 8 --no-plots && python -m training export"
 [ -s "$out/seattle-weather/1/model.onnx" ] && [ -s "$out/seattle-weather/1/metadata.json" ] \
   || fail "the training container wrote no model"
+
+log "a mounted models directory replaces the baked-in model"
+mounted_port=$((port + 2))
+docker run -d --name lstm-docker-test-mounted --network host -v "$out:/app/models:ro" \
+  -e LSTM_HOST=127.0.0.1 -e LSTM_PORT=$mounted_port lstm-service:cpu >/dev/null
+trap 'docker rm -f lstm-docker-test-mounted >/dev/null 2>&1 || true; kill ${wheels_pid:-} 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 60); do
+  curl -sf "http://127.0.0.1:$mounted_port/health/ready" >/dev/null && break
+  sleep 1
+done
+hidden=$(curl -sf "http://127.0.0.1:$mounted_port/model" | "$py" -c 'import json, sys; print(json.load(sys.stdin)["hidden_size"])')
+[ "$hidden" = "8" ] || fail "the mounted model (hidden size 8) is not the one served: hidden size $hidden"
+echo "serves the mounted model (hidden size $hidden)"
+docker rm -f lstm-docker-test-mounted >/dev/null
 rm -rf "$out"
 
 log "image sizes"
