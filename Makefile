@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test lint format train export docker-test clean
+.PHONY: setup serve test lint format train export bench docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ train: $(VENV)/.dev-deps
 
 export: $(VENV)/.dev-deps
 	$(BIN)/python -m training export
+
+# Throughput and latency against the floors and a naive baseline (bench/run.py); needs wrk.
+bench: $(VENV)/.dev-deps
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get install -y -qq wrk >/dev/null || \
+		{ echo "make bench needs wrk: apt-get install wrk"; exit 1; }; }
+	$(BIN)/python -m bench.run
 
 # Builds the images and runs the compose stack on a real Docker engine (../shared/docker); not in `make test`.
 docker-test: $(VENV)/.dev-deps

@@ -21,7 +21,7 @@ def main() -> None:
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run("service.app:app", host=s.host, port=s.port, log_level=s.log_level)
+    uvicorn.run("service.app:app", host=s.host, port=s.port, log_level=s.log_level, workers=s.workers)
 
 
 if __name__ == "__main__":

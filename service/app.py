@@ -13,9 +13,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from . import repository
+from .batcher import Batcher
 from .engine import Engine, ModelSpec
-from .errors import InvalidInput, PayloadTooLarge, error
-from .explain import ExplainUnavailable
+from .errors import ExplainUnavailable, InvalidInput, PayloadTooLarge, error_body
+from .fastpath import PredictFastPath
+from .payload import Limits
+from .predictor import Predictor
 from .routes import router
 from .settings import Settings, get_settings
 
@@ -30,12 +33,20 @@ def example_request(spec: ModelSpec) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    s = settings or get_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        s = app.state.settings = settings or get_settings()
+        app.state.settings = s
         folder = repository.resolve(s.model_repository, s.model_name, s.model_version)
         engine = await run_in_threadpool(Engine.load, folder, s.provider, s.intra_op_threads, s.inter_op_threads)
         await run_in_threadpool(engine.warmup)
+        batcher = None
+        if s.batching:
+            batcher = Batcher(engine, s.batch_max_size, s.batch_max_delay_ms / 1000, s.batch_max_padded_steps)
+            batcher.start()
+        limits = Limits(s.max_batch_size, s.max_steps, s.explain_max_values, s.max_body_bytes)
+        app.state.predictor = Predictor(engine, limits, batcher)
         app.state.engine = engine
         app.state.ready = True
         log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
@@ -43,32 +54,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            if batcher is not None:
+                await run_in_threadpool(batcher.stop)
 
-    docs = (settings or get_settings()).docs
     app = FastAPI(
         title="LSTM inference service",
         summary="Per-step outputs and final states of an LSTM, with streaming by passing states back.",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if s.docs else None,
+        redoc_url="/redoc" if s.docs else None,
+        openapi_url="/openapi.json" if s.docs else None,
     )
     app.include_router(router)
 
-    @app.exception_handler(InvalidInput)
-    async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
-        return JSONResponse({"detail": exc.errors}, status_code=422)
+    async def typed_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidInput | PayloadTooLarge | ExplainUnavailable)
+        status, body = error_body(exc)
+        return JSONResponse(body, status_code=status)
 
-    @app.exception_handler(PayloadTooLarge)
-    async def too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:
-        detail = [error(("body",), str(exc), "too_large", limit=exc.limit)]
-        return JSONResponse({"detail": detail}, status_code=413)
-
-    @app.exception_handler(ExplainUnavailable)
-    async def cannot_explain(request: Request, exc: ExplainUnavailable) -> JSONResponse:
-        detail = [error(("body", "explain"), f"This model cannot be explained: {exc}", "explain_unavailable")]
-        return JSONResponse({"detail": detail}, status_code=422)
+    for exc_type in (InvalidInput, PayloadTooLarge, ExplainUnavailable):
+        app.add_exception_handler(exc_type, typed_error)
+    if s.fast_path:
+        app.add_middleware(PredictFastPath)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

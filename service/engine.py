@@ -113,10 +113,10 @@ def _preload_cuda_wheels() -> None:
         ort.preload_dlls()
 
 
-def _session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+def _session_options(intra_op_threads: int | None, inter_op_threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = intra_op_threads
+    opts.intra_op_num_threads = intra_op_threads or 0  # 0: ONNX Runtime's choice
     opts.inter_op_num_threads = inter_op_threads
     return opts
 
@@ -142,7 +142,9 @@ class Engine:
         return "cuda" if self.provider == CUDA else "cpu"
 
     @classmethod
-    def load(cls, folder: Path, provider: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 1) -> Engine:
+    def load(
+        cls, folder: Path, provider: str = "auto", intra_op_threads: int | None = 0, inter_op_threads: int = 1
+    ) -> Engine:
         """Load <folder>/model.onnx. ``provider``: auto (CUDA where usable, else CPU), cuda (required) or cpu."""
         model_path = folder / MODEL_FILE
         if not model_path.is_file():

@@ -34,3 +34,18 @@ class PayloadTooLarge(ValueError):
 
 class ModelLoadError(RuntimeError):
     """The model cannot be served: missing, unreadable, corrupt, or not what the service expects."""
+
+
+class ExplainUnavailable(RuntimeError):
+    """The graph is not one whose LSTM weights the explanation can read."""
+
+
+def error_body(exc: InvalidInput | PayloadTooLarge | ExplainUnavailable) -> tuple[int, dict[str, Any]]:
+    """The status and FastAPI-shaped body for a typed error: the one mapping of errors to HTTP."""
+    if isinstance(exc, InvalidInput):
+        return 422, {"detail": exc.errors}
+    if isinstance(exc, PayloadTooLarge):
+        return 413, {"detail": [error(("body",), str(exc), "too_large", limit=exc.limit)]}
+    return 422, {
+        "detail": [error(("body", "explain"), f"This model cannot be explained: {exc}", "explain_unavailable")]
+    }

@@ -20,12 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ExplainUnavailable
+
 # What an explanation holds per layer, step and unit, in answer order.
 FIELDS = ("forget", "input", "output", "candidate", "cell", "hidden")
-
-
-class ExplainUnavailable(RuntimeError):
-    """The graph is not one whose LSTM weights this module can read."""
 
 
 @dataclass(frozen=True)

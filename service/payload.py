@@ -27,6 +27,7 @@ class Limits:
     max_batch_size: int  # sequences per request
     max_steps: int  # steps per sequence
     explain_max_values: int  # with explain: steps (all sequences) x layers x hidden units
+    max_body_bytes: int  # request body size
 
 
 @dataclass

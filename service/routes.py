@@ -5,48 +5,37 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from .engine import Engine
-from .errors import PayloadTooLarge
-from .payload import Limits, decode_predict, encode_predict
+from .fastpath import read_body
+from .predictor import Predictor
 from .schemas import ErrorResponse, Health, LimitsInfo, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
 
-INLINE_DECODE_BYTES = 256 * 1024  # larger bodies are decoded off the event loop
 
-
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine | None = getattr(request.app.state, "engine", None)
     if engine is None:
         raise HTTPException(status_code=503, detail="model not loaded yet")
     return engine
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_predictor(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> Predictor:
+    predictor: Predictor = request.app.state.predictor
+    return predictor
+
+
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 router = APIRouter()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it is known to exceed ``limit`` (from Content-Length or while streaming)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(None, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.post(
@@ -65,7 +54,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         }
     },
 )
-async def predict(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def predict(request: Request, predictor: PredictorDep) -> Response:
     """Sequences go in with optional initial states; per-step outputs and final states come back.
 
     To stream a long sequence, send it in chunks and pass each answer's `hn` and `cn`
@@ -75,15 +64,12 @@ async def predict(request: Request, engine: EngineDep, settings: SettingsDep) ->
     forget, input and output gates, the candidate values and the cell and hidden states
     (a numpy reference of the LSTM equations on the model's own weights; lower limits apply).
     """
-    body = await read_body(request, settings.max_body_bytes)
-    limits = Limits(settings.max_batch_size, settings.max_steps, settings.explain_max_values)
-    if len(body) <= INLINE_DECODE_BYTES:
-        call = decode_predict(body, engine.spec, limits)
-    else:
-        call = await run_in_threadpool(decode_predict, body, engine.spec, limits)
-    results = await run_in_threadpool(engine.predict, call.batch)
-    explanations = await run_in_threadpool(engine.explain, call.batch) if call.explain else None
-    return Response(encode_predict(results, engine.spec, explanations), media_type="application/json")
+    # With LSTM_FAST_PATH on (the default) PredictFastPath answers this route before FastAPI
+    # sees it, with the same pipeline; this handler serves it when the fast path is off.
+    body = await read_body(request.scope, request.receive, predictor.limits.max_body_bytes)
+    if body is None:
+        raise HTTPException(status_code=400, detail="the client disconnected before sending the whole body")
+    return Response(await predictor(body), media_type="application/json")
 
 
 @router.get("/model", response_model=ModelInfo, summary="The served model, its provider and the limits in force")

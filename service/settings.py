@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,8 +23,9 @@ class Settings(BaseSettings):
     model_version: int | None = Field(default=None, ge=1)
     # auto: CUDA where ONNX Runtime can use a GPU, else the CPU. cuda: fail at start-up without one.
     provider: Literal["auto", "cuda", "cpu"] = "auto"
-    # ONNX Runtime threads inside one operator (0: ONNX Runtime's choice, one per core).
-    intra_op_threads: int = Field(default=0, ge=0)
+    # ONNX Runtime threads inside one operator, per worker (None: the cores shared out among the
+    # workers; 0: ONNX Runtime's own choice, one per core).
+    intra_op_threads: int | None = Field(default=None, ge=0)
     # ONNX Runtime threads across independent operators.
     inter_op_threads: int = Field(default=1, ge=0)
     # Limits of one /predict request.
@@ -31,12 +34,47 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # 413 beyond
     # With "explain": true, steps (over all sequences) x layers x hidden units; each value is six numbers back.
     explain_max_values: int = Field(default=131_072, ge=1)
+    # Dynamic batching: concurrent requests merged into one ONNX Runtime call.
+    batching: bool = True
+    batch_max_size: int = Field(default=64, ge=1)  # sequences in one merged call; a larger request runs alone
+    # How long a non-full batch waits for more requests (0: an idle model starts at once).
+    batch_max_delay_ms: float = Field(default=0.0, ge=0.0)
+    # Sequences x padded length of one merged call (None: no limit), so one long sequence
+    # does not pad a batch of short ones.
+    batch_max_padded_steps: int | None = Field(default=None, ge=1)
+    # Answer POST /predict straight from ASGI, before FastAPI's routing and dependencies (faster).
+    # Off: FastAPI serves it, so middleware added to the app sees it too.
+    fast_path: bool = True
     # Where `python -m service` listens.
     host: str = "127.0.0.1"
+    # uvicorn worker processes, each with its own model and batcher (None: one per core, at most 4).
+    # On a GPU one worker batches best.
+    workers: int | None = Field(default=None, ge=1)
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Serve the interactive API docs at /docs and /redoc.
     docs: bool = True
+
+    @model_validator(mode="after")
+    def _share_the_cores(self) -> Settings:
+        cores = available_cpus()
+        if self.workers is None:
+            self.workers = min(cores, 4)
+        if self.intra_op_threads is None:
+            self.intra_op_threads = max(1, cores // self.workers)
+        return self
+
+
+def available_cpus() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's --cpus)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 @lru_cache

@@ -47,9 +47,10 @@ def settings(repo: Path) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+@pytest.fixture(scope="session", params=[True, False], ids=["fast-path", "fastapi-route"])
+def client(settings: Settings, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """The app with /predict answered by the ASGI fast path, and by the FastAPI route."""
+    with TestClient(create_app(settings.model_copy(update={"fast_path": request.param}))) as c:
         yield c
 
 

@@ -57,3 +57,28 @@ def test_real_server_predicts_streams_and_rejects(server: str, weather: np.ndarr
         bad = http.post("/predict", json={"inputs": []})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "inputs"]
         assert http.get("/health/ready").status_code == 200
+
+
+def test_health_answers_while_the_model_works(server: str, weather: np.ndarray) -> None:
+    """Inference runs off the event loop: a health check overtakes heavy predictions in flight."""
+    import asyncio
+
+    heavy = {"inputs": [np.tile(weather[:500], (2, 1)).tolist()] * 64}  # 64 sequences of 1,000 steps
+    done: list[str] = []
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=60) as http:
+
+            async def predict() -> None:
+                assert (await http.post("/predict", json=heavy)).status_code == 200
+                done.append("predict")
+
+            async def health() -> None:
+                await asyncio.sleep(0.05)  # the predictions are in flight by now
+                assert (await http.get("/health/live")).status_code == 200
+                done.append("health")
+
+            await asyncio.gather(*(predict() for _ in range(3)), health())
+
+    asyncio.run(scenario())
+    assert done[0] == "health", done

@@ -1,0 +1,351 @@
+"""``make bench``: the service against its floors and a naive baseline, side by side, in one run.
+
+Everything listens on 127.0.0.1 only. Load comes from wrk (bench/*.lua), a separate C
+process, so no Python client competes with the servers for the two cores.
+
+Workloads (bodies cut from the committed data):
+  W1  stream chunks: batch 1, 32 steps, states given; concurrency 1 and 32
+  W2  bulk: batch 64, 100 steps; concurrency 4
+  W3  one 2,000-step stream in 20-step chunks, sequential, states carried (wrk + stream.lua)
+
+Floors: ONNX Runtime in-process (session.run) for each workload's shapes; W2's whole
+in-process path (orjson decode, ONNX Runtime, orjson encode); a bare ASGI app that
+answers a fixed small JSON (the HTTP floor). Servers: the service with batching on
+(its defaults) and off, and bench/naive_server.py (FastAPI + PyTorch eager + json).
+Writes bench/results/results.{json,md} and chart.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+MODEL = ROOT / "models" / "seattle-weather" / "1"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- workloads
+def make_bodies(tmp: Path, meta: dict[str, Any]) -> dict[str, Path]:
+    from training.data import load_csv
+
+    rows = load_csv(ROOT / "data" / "seattle-weather.csv", meta["feature_names"], meta["target_names"]).features
+    rng = np.random.default_rng(0)
+    layers, hidden = meta["num_layers"], meta["hidden_size"]
+    states = (rng.standard_normal((2, 1, layers, hidden)) * 0.3).astype(np.float32)
+    w1 = {"inputs": [rows[:32]], "h0": states[0], "c0": states[1]}
+    w2 = {"inputs": [rows[s : s + 100] for s in rng.integers(0, len(rows) - 100, 64)]}
+    stream = np.concatenate([rows, rows])[:2000]
+    files = {"W1": tmp / "w1.json", "W2": tmp / "w2.json", "W3": tmp / "w3_chunks.txt"}
+    files["W1"].write_bytes(orjson.dumps(w1, option=orjson.OPT_SERIALIZE_NUMPY))
+    files["W2"].write_bytes(orjson.dumps(w2, option=orjson.OPT_SERIALIZE_NUMPY))
+    chunks = [orjson.dumps(stream[i : i + 20], option=orjson.OPT_SERIALIZE_NUMPY) for i in range(0, 2000, 20)]
+    files["W3"].write_bytes(b"\n".join(chunks) + b"\n")
+    return files
+
+
+# ---------------------------------------------------------------- floors
+def timed(fn: Any, seconds: float = 2.0) -> dict[str, float]:
+    for _ in range(20):
+        fn()
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    a = np.array(times) * 1e6
+    return {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)), "mean_us": float(a.mean())}
+
+
+def in_process_floors(files: dict[str, Path], meta: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Each floor with ONNX Runtime on `threads` threads (0: its own choice)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(MODEL / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    layers, hidden, feats = meta["num_layers"], meta["hidden_size"], meta["input_size"]
+
+    def feeds(b: int, t: int) -> dict[str, np.ndarray]:
+        z = np.zeros((layers, b, hidden), dtype=np.float32)
+        x = np.random.default_rng(0).standard_normal((b, t, feats)).astype(np.float32)
+        return {"x": x, "h0": z, "c0": z, "lengths": np.full(b, t, dtype=np.int32)}
+
+    out: dict[str, Any] = {}
+    for name, (b, t) in {"W1": (1, 32), "W2": (64, 100), "W3": (1, 20)}.items():
+        f = feeds(b, t)
+        out[f"ort_{name}"] = timed(lambda f=f: sess.run(None, f))
+    body = files["W2"].read_bytes()
+
+    def w2_path() -> None:  # what /predict must do at the least: decode, run, encode
+        doc = orjson.loads(body)
+        x = np.asarray(doc["inputs"], dtype=np.float32)
+        z = np.zeros((layers, len(x), hidden), dtype=np.float32)
+        y, hn, cn = sess.run(None, {"x": x, "h0": z, "c0": z, "lengths": np.full(len(x), x.shape[1], np.int32)})
+        orjson.dumps({"outputs": y, "hn": hn, "cn": cn}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    out["inproc_W2_path"] = timed(w2_path)
+    return out
+
+
+# ---------------------------------------------------------------- servers and load
+@contextlib.contextmanager
+def server(cmd: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    full_env = {**os.environ, **env, "LSTM_PORT": str(port), "LSTM_HOST": "127.0.0.1"}
+    cmd = [c.replace("{port}", str(port)) for c in cmd]
+    url = f"http://127.0.0.1:{port}"
+    # Output to a file, not a pipe: a pipe nobody reads blocks the server once full.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"{cmd} exited: {log.read().decode()[-2000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{cmd} not ready in 90 s")
+                time.sleep(0.2)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The largest peak RSS (VmHWM) of the process and its children (uvicorn's workers)."""
+    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    peaks = []
+    for p in pids:
+        match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
+        if match:
+            peaks.append(int(match.group(1)) / 1024)
+    return max(peaks)
+
+
+def wrk(url: str, workload: str, conns: int, seconds: int, files: dict[str, Path]) -> dict[str, Any]:
+    script = "stream.lua" if workload == "W3" else "post.lua"
+    env = {**os.environ, "BENCH_DIR": str(BENCH), "BODY_FILE": str(files[workload]), "CHUNKS_FILE": str(files["W3"])}
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / script), url]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no figures: {out.stdout}\n{out.stderr}")
+    r: dict[str, Any] = json.loads(line[len("WRK_JSON ") :])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+RUNS = [("W1", 1), ("W1", 32), ("W2", 4), ("W3", 1)]
+SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
+    "bare ASGI (HTTP floor)": (
+        [PY, "-m", "uvicorn", "bench.bare_asgi:app", "--port", "{port}", "--log-level", "warning", "--no-access-log"],
+        {},
+        [("W1", 1), ("W1", 32)],
+    ),
+    "service, batching on (default)": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning"}, RUNS),
+    "service, batching off": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning", "LSTM_BATCHING": "false"}, RUNS),
+    "naive FastAPI + PyTorch": (
+        [
+            PY,
+            "-m",
+            "uvicorn",
+            "bench.naive_server:app",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        {},
+        RUNS,
+    ),
+}
+
+
+# ---------------------------------------------------------------- report
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    s, bare, naive, fl = (
+        res["servers"]["service, batching on (default)"],
+        res["servers"]["bare ASGI (HTTP floor)"],
+        res["servers"]["naive FastAPI + PyTorch"],
+        res["floors"],
+    )
+    w1_32, w1_1, w2 = s["W1 c32"], s["W1 c1"], s["W2 c4"]
+    floor_c1 = bare["W1 c1"]["p50_us"] + fl["ort_W1"]["p50_us"]
+    w2_time = 1e6 / w2["rps"]
+    return [
+        {
+            "target": "W1 c32: >= 10x the naive baseline's requests/s",
+            "value": w1_32["rps"] / naive["W1 c32"]["rps"],
+            "goal": 10.0,
+            "met": w1_32["rps"] / naive["W1 c32"]["rps"] >= 10,
+            "unit": "x",
+        },
+        {
+            "target": "W1 c32: >= 20% of the bare ASGI floor's requests/s",
+            "value": 100 * w1_32["rps"] / bare["W1 c32"]["rps"],
+            "goal": 20.0,
+            "met": w1_32["rps"] / bare["W1 c32"]["rps"] >= 0.2,
+            "unit": "%",
+        },
+        {
+            "target": "W1 c1: p50 <= 1.5x (HTTP floor p50 + ONNX Runtime p50)",
+            "value": w1_1["p50_us"] / floor_c1,
+            "goal": 1.5,
+            "met": w1_1["p50_us"] <= 1.5 * floor_c1,
+            "unit": "x",
+        },
+        {
+            "target": "W2: time per request <= 1.25x in-process decode + ORT + encode",
+            "value": w2_time / fl["inproc_W2_path"]["mean_us"],
+            "goal": 1.25,
+            "met": w2_time <= 1.25 * fl["inproc_W2_path"]["mean_us"],
+            "unit": "x",
+        },
+        {
+            "target": "peak RSS of the serving process < 300 MB",
+            "value": s["peak_rss_mb"],
+            "goal": 300.0,
+            "met": s["peak_rss_mb"] < 300,
+            "unit": "MB",
+        },
+    ]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark results ({res['when']}, {res['machine']})",
+        "",
+        f"wrk, {res['seconds']} s per run, one wrk thread; everything on 127.0.0.1. Model: {res['model']}.",
+        "",
+        "| server | run | requests/s | p50 ms | p99 ms | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, runs in res["servers"].items():
+        for run, r in runs.items():
+            if run == "peak_rss_mb":
+                continue
+            lines.append(
+                f"| {name} | {run} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | "
+                f"{r['errors'] + r['non2xx']} |"
+            )
+    lines += [
+        "",
+        "In-process floors (one thread calling; the faster of ONNX Runtime as a service worker runs it and on "
+        "all cores):",
+        "",
+    ]
+    lines += ["| floor | p50 ms | mean ms |", "| --- | ---: | ---: |"]
+    for name, r in res["floors"].items():
+        lines.append(f"| {name} | {r['p50_us'] / 1000:.3f} | {r['mean_us'] / 1000:.3f} |")
+    lines += ["", "Peak RSS (VmHWM) after all runs:", ""]
+    for name, runs in res["servers"].items():
+        lines.append(f"- {name}: {runs['peak_rss_mb']:.0f} MB")
+    lines += ["", "## Targets", "", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
+    for t in res["targets"]:
+        lines.append(
+            f"| {t['target']} | {t['value']:.2f} {t['unit']} | {t['goal']:g} {t['unit']} | "
+            f"{'yes' if t['met'] else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = ["W1 c1", "W1 c32", "W2 c4", "W3 c1"]
+    names = list(res["servers"])
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        vals = [res["servers"][name].get(r, {}).get("rps", 0) for r in runs]
+        bars = ax.bar(np.arange(len(runs)) + k * width, vals, width, label=name)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v else "" for v in vals], fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(np.arange(len(runs)) + width * (len(names) - 1) / 2, runs)
+    ax.set(ylabel="requests/s (log)", yscale="log", title=f"Throughput on {res['machine']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per run")
+    parser.add_argument("--out", type=Path, default=BENCH / "results")
+    args = parser.parse_args()
+    meta = json.loads((MODEL / "metadata.json").read_text())
+    res: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "seconds": args.seconds,
+        "model": f"{meta['name']} v{meta['version']} (hidden {meta['hidden_size']}, {meta['num_layers']} layers)",
+        "servers": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_bodies(Path(tmp), meta)
+        # The floors take the faster of ONNX Runtime as a service worker runs it and on all cores.
+        from service.settings import Settings
+
+        configs = [in_process_floors(files, meta, t) for t in (Settings().intra_op_threads or 0, 0)]
+        res["floors"] = {k: min((c[k] for c in configs), key=lambda r: r["mean_us"]) for k in configs[0]}
+        for name, (cmd, env, runs) in SERVERS.items():
+            print(f"== {name}", flush=True)
+            with server(cmd, env) as (url, pid):
+                out: dict[str, Any] = {}
+                wrk(url, "W1", 4, 2, files)  # warm-up
+                for workload, conns in runs:
+                    r = wrk(url, workload, conns, args.seconds, files)
+                    out[f"{workload} c{conns}"] = r
+                    print(
+                        f"   {workload} c{conns}: {r['rps']:,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, "
+                        f"p99 {r['p99_us'] / 1000:.2f} ms, errors {r['errors'] + r['non2xx']}",
+                        flush=True,
+                    )
+                out["peak_rss_mb"] = peak_rss_mb(pid)
+                res["servers"][name] = out
+    res["targets"] = targets(res)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(res))
+    chart(res, args.out / "chart.png")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
