@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test lint format train export bench docker-test clean
+.PHONY: setup serve test lint format train export bench soak docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get install -y -qq wrk >/dev/null || \
 		{ echo "make bench needs wrk: apt-get install wrk"; exit 1; }; }
 	$(BIN)/python -m bench.run
+
+# 60 s at about twice the measured capacity (bench/soak.py); needs wrk.
+soak: $(VENV)/.dev-deps
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || { echo "make soak needs wrk"; exit 1; }
+	$(BIN)/python -m bench.soak
 
 # Builds the images and runs the compose stack on a real Docker engine (../shared/docker); not in `make test`.
 docker-test: $(VENV)/.dev-deps

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import numpy as np
@@ -113,14 +114,16 @@ def in_process_floors(files: dict[str, Path], meta: dict[str, Any], threads: int
 
 # ---------------------------------------------------------------- servers and load
 @contextlib.contextmanager
-def server(cmd: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
+def server(cmd: list[str], env: dict[str, str], output: IO[bytes] | None = None) -> Iterator[tuple[str, int]]:
     port = free_port()
     full_env = {**os.environ, **env, "LSTM_PORT": str(port), "LSTM_HOST": "127.0.0.1"}
     cmd = [c.replace("{port}", str(port)) for c in cmd]
     url = f"http://127.0.0.1:{port}"
     # Output to a file, not a pipe: a pipe nobody reads blocks the server once full.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    with contextlib.nullcontext(output) if output else tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + 90
             while True:
@@ -140,6 +143,8 @@ def server(cmd: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ORT = {"gpu": "onnxruntime-gpu[cuda,cudnn]", "cpu": "onnxruntime"}
 

@@ -1,28 +1,70 @@
-"""``python -m service``: serve the configured model with uvicorn (settings from LSTM_* variables)."""
+"""``python -m service``: serve the configured model with uvicorn (settings from LSTM_* variables).
+
+Before any worker starts, the model is loaded once: a missing, unreadable or corrupt model, or one
+whose inputs are not what the service drives, stops start-up with one error line and exit code 2.
+"""
 
 from __future__ import annotations
 
 import logging
+import logging.config
+import math
+import os
 import signal
+import sys
+import tempfile
 from types import FrameType
 
 import uvicorn
 
+from .errors import ModelLoadError
+from .logs import log_config
 from .settings import get_settings
+
+STARTUP_FAILURE = 2
+log = logging.getLogger("service")
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def main() -> None:
+def preflight() -> None:
+    from . import repository
+    from .engine import Engine
+
     s = get_settings()
-    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # auto cannot fail on the provider: check the model on the CPU, leaving the GPU to the workers.
+    provider = "cpu" if s.provider == "auto" else s.provider
+    Engine.load(repository.resolve(s.model_repository, s.model_name, s.model_version), provider, 1, 1)
+
+
+def main() -> int:
+    s = get_settings()
+    config = log_config(s.log_level, s.log_format)
+    logging.config.dictConfig(config)
+    try:
+        preflight()
+    except ModelLoadError as e:
+        log.error("cannot serve: %s", e)
+        return STARTUP_FAILURE
+    if s.metrics and (s.workers or 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker writes its metrics here; /metrics adds them up (set before they import prometheus).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-metrics-")
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run("service.app:app", host=s.host, port=s.port, log_level=s.log_level, workers=s.workers)
+    uvicorn.run(
+        "service.app:app",
+        host=s.host,
+        port=s.port,
+        workers=s.workers,
+        log_config=config,
+        access_log=False,  # service.middleware.RequestContext logs each request
+        timeout_graceful_shutdown=math.ceil(s.request_timeout_s),  # in-flight requests may finish
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,18 +9,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from . import repository
+from . import metrics, repository
 from .batcher import Batcher
 from .engine import Engine, ModelSpec
-from .errors import ExplainUnavailable, InvalidInput, PayloadTooLarge, error_body
+from .errors import SERVICE_ERRORS, error_body
 from .fastpath import PredictFastPath
+from .middleware import ApiKeyAuth, RequestContext
 from .payload import Limits
 from .predictor import Predictor
 from .routes import router
 from .settings import Settings, get_settings
+from .shutdown import watch_for_stop
 
 log = logging.getLogger("service.app")
 
@@ -30,6 +33,23 @@ def example_request(spec: ModelSpec) -> dict[str, Any]:
     means = spec.metadata.get("feature_means") or [0.0] * spec.input_size
     steps = [[round(float(m) * (1 + 0.05 * k), 2) for m in means] for k in range(3)]
     return {"inputs": [steps], "h0": None, "c0": None}
+
+
+def _nested(dims: list[tuple[int, int]]) -> dict[str, Any]:
+    """A JSON Schema of nested arrays of numbers, each level with its (min, max) item count."""
+    node: dict[str, Any] = {"type": "number"}
+    for low, high in reversed(dims):
+        node = {"type": "array", "minItems": low, "maxItems": high, "items": node}
+    return node
+
+
+def shape_request_schema(schema: dict[str, Any], spec: ModelSpec, s: Settings) -> None:
+    """Write the served model's shapes and the limits into the /predict request schema."""
+    props = schema["properties"]
+    props["inputs"].update(_nested([(1, s.max_batch_size), (1, s.max_steps), (spec.input_size, spec.input_size)]))
+    state = _nested([(1, s.max_batch_size), (spec.num_layers, spec.num_layers), (spec.hidden_size, spec.hidden_size)])
+    for name in ("h0", "c0"):
+        props[name] = {"anyOf": [state, {"type": "null"}], "default": None, "description": props[name]["description"]}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,10 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if s.batching:
             batcher = Batcher(engine, s.batch_max_size, s.batch_max_delay_ms / 1000, s.batch_max_padded_steps)
             batcher.start()
-        limits = Limits(s.max_batch_size, s.max_steps, s.explain_max_values, s.max_body_bytes)
-        app.state.predictor = Predictor(engine, limits, batcher)
+        limits = Limits(s.max_batch_size, s.max_steps, s.explain_max_values, s.max_body_bytes, s.max_total_values)
+        app.state.predictor = Predictor(engine, limits, batcher, s.request_timeout_s, s.max_queue)
         app.state.engine = engine
+        metrics.MODEL_INFO.labels(engine.spec.name, engine.spec.version, engine.provider).set(1)
         app.state.ready = True
+        watch_for_stop()
         log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
         try:
             yield
@@ -69,14 +91,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     async def typed_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, InvalidInput | PayloadTooLarge | ExplainUnavailable)
-        status, body = error_body(exc)
-        return JSONResponse(body, status_code=status)
+        assert isinstance(exc, SERVICE_ERRORS)
+        status, body, headers = error_body(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
 
-    for exc_type in (InvalidInput, PayloadTooLarge, ExplainUnavailable):
+    for exc_type in SERVICE_ERRORS:
         app.add_exception_handler(exc_type, typed_error)
+    # The last added runs first: RequestContext, then CORS, then the key check, then the fast path.
     if s.fast_path:
         app.add_middleware(PredictFastPath)
+    if s.api_keys:
+        app.add_middleware(ApiKeyAuth, keys=s.api_keys)
+    if s.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=s.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContext, metrics_on=s.metrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -85,9 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine: Engine | None = getattr(app.state, "engine", None)
         if engine is None:
             return schema  # not cached: the example needs the model's dimensions
-        body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
-        body["example"] = example_request(engine.spec)
         spec = engine.spec
+        body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+        body["example"] = example_request(spec)
+        shape_request_schema(body["schema"], spec, s)
         schema["info"]["description"] = (
             f"Serving **{spec.name}** version {spec.version} on {engine.provider}. "
             f"Each step holds {spec.input_size} values: {', '.join(spec.feature_names)}. "

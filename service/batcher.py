@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import metrics
 from .engine import Batch, Engine, SequenceResult
 
 log = logging.getLogger("service.batcher")
@@ -119,6 +120,9 @@ class Batcher:
             if job is None:  # stop: finish this batch, then exit
                 self._queue.put(None)
                 break
+            if job.future.cancelled():  # its request gave up (deadline): drop the work
+                self._done(1)
+                continue
             if not self._fits(size, steps, job):
                 self._held = job
                 break
@@ -132,16 +136,26 @@ class Batcher:
             self._held = None
             if first is None:
                 return
+            if first.future.cancelled():
+                self._done(1)
+                continue
             jobs = self._collect(first)
+            merged = merge([j.batch for j in jobs])
+            start = time.perf_counter()
             try:
-                results: list[SequenceResult] | BaseException = self.engine.predict(merge([j.batch for j in jobs]))
+                results: list[SequenceResult] | BaseException = self.engine.predict(merged)
             except Exception as e:  # a failed call fails its own requests, never the worker
                 log.exception("batched inference failed")
                 results = e
+            metrics.INFERENCE.observe(time.perf_counter() - start)
+            metrics.BATCH_SIZE.observe(len(merged.lengths))
             row = 0
             for job in jobs:
                 part = results if isinstance(results, BaseException) else results[row : row + job.size]
                 row += job.size
                 job.loop.call_soon_threadsafe(_resolve, job.future, part)
-            with self._lock:
-                self._depth -= len(jobs)
+            self._done(len(jobs))
+
+    def _done(self, count: int) -> None:
+        with self._lock:
+            self._depth -= count

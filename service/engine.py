@@ -151,6 +151,10 @@ class Engine:
             raise ModelLoadError(f"{model_path} is missing")
         meta = _read_metadata(folder)
         want_cuda = provider == "cuda" or (provider == "auto" and CUDA in ort.get_available_providers())
+        if provider == "auto":
+            # A failed CUDA attempt is expected on CPU hosts and ONNX Runtime prints it as an error;
+            # this service reports the outcome itself (below, and in GET /model).
+            ort.set_default_logger_severity(4)
         providers = [CUDA, CPU] if want_cuda else [CPU]
         if want_cuda:
             _preload_cuda_wheels()

@@ -40,12 +40,27 @@ class ExplainUnavailable(RuntimeError):
     """The graph is not one whose LSTM weights the explanation can read."""
 
 
-def error_body(exc: InvalidInput | PayloadTooLarge | ExplainUnavailable) -> tuple[int, dict[str, Any]]:
-    """The status and FastAPI-shaped body for a typed error: the one mapping of errors to HTTP."""
+class Overloaded(RuntimeError):
+    """Too many requests are already admitted (answered 503 with Retry-After)."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request ran past its deadline (answered 504)."""
+
+
+ServiceError = InvalidInput | PayloadTooLarge | ExplainUnavailable | Overloaded | DeadlineExceeded
+SERVICE_ERRORS = (InvalidInput, PayloadTooLarge, ExplainUnavailable, Overloaded, DeadlineExceeded)
+
+
+def error_body(exc: ServiceError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, FastAPI-shaped body and headers for a typed error: the one mapping of errors to HTTP."""
     if isinstance(exc, InvalidInput):
-        return 422, {"detail": exc.errors}
+        return 422, {"detail": exc.errors}, {}
     if isinstance(exc, PayloadTooLarge):
-        return 413, {"detail": [error(("body",), str(exc), "too_large", limit=exc.limit)]}
-    return 422, {
-        "detail": [error(("body", "explain"), f"This model cannot be explained: {exc}", "explain_unavailable")]
-    }
+        return 413, {"detail": [error(("body",), str(exc), "too_large", limit=exc.limit)]}, {}
+    if isinstance(exc, Overloaded):
+        return 503, {"detail": str(exc)}, {"Retry-After": "1"}
+    if isinstance(exc, DeadlineExceeded):
+        return 504, {"detail": str(exc)}, {}
+    detail = [error(("body", "explain"), f"This model cannot be explained: {exc}", "explain_unavailable")]
+    return 422, {"detail": detail}, {}

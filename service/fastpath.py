@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ExplainUnavailable, InvalidInput, PayloadTooLarge, error_body
+from .errors import SERVICE_ERRORS, PayloadTooLarge, error_body
 from .predictor import Predictor
 
 JSON = (b"content-type", b"application/json")
@@ -35,9 +35,9 @@ class PredictFastPath:
             if body is None:  # the client left before sending it all: nobody to answer
                 return
             answer = await predictor(body)
-        except (InvalidInput, PayloadTooLarge, ExplainUnavailable) as exc:
-            status, detail = error_body(exc)
-            await _respond(send, status, orjson.dumps(detail))
+        except SERVICE_ERRORS as exc:
+            status, detail, headers = error_body(exc)
+            await _respond(send, status, orjson.dumps(detail), headers)
             return
         await _respond(send, 200, answer)
 
@@ -62,7 +62,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
+async def _respond(send: Send, status: int, body: bytes, extra: dict[str, str] | None = None) -> None:
     headers = [JSON, (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

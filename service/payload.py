@@ -28,6 +28,7 @@ class Limits:
     max_steps: int  # steps per sequence
     explain_max_values: int  # with explain: steps (all sequences) x layers x hidden units
     max_body_bytes: int  # request body size
+    max_total_values: int = 2_000_000  # numbers in inputs, all sequences
 
 
 @dataclass
@@ -197,6 +198,10 @@ def decode_predict(body: bytes, spec: ModelSpec, limits: Limits) -> PredictCall:
         Dim("value", spec.input_size, spec.input_size, spec.feature_names),
     ]
     x, lengths = _inputs(doc["inputs"], dims, fast)
+    values = int(lengths.sum()) * spec.input_size
+    if values > limits.max_total_values:
+        msg = f"Should have at most {limits.max_total_values} values in all, not {values}"
+        raise InvalidInput([error(("body", "inputs"), msg, "too_long", limit=limits.max_total_values)])
     if explain:
         _check_explain_size(lengths, spec, limits)
     n_seqs = len(lengths)

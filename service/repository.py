@@ -30,6 +30,8 @@ def resolve(root: Path, name: str | None, version: int | None) -> Path:
         raise ModelLoadError(f"model repository {root} is not a directory")
     if name is None:
         names = model_names(root)
+        if not names:
+            raise ModelLoadError(f"no model in the repository {root} (expected <name>/<version>/{MODEL_FILE})")
         if len(names) != 1:
             found = ", ".join(names) or "none"
             raise ModelLoadError(f"set LSTM_MODEL_NAME: the repository {root} holds {len(names)} models ({found})")

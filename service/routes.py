@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from . import metrics
 from .engine import Engine
 from .fastpath import read_body
 from .predictor import Predictor
 from .schemas import ErrorResponse, Health, LimitsInfo, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
+from .shutdown import DRAINING
 
 
 async def get_engine(request: Request) -> Engine:
@@ -46,6 +48,8 @@ router = APIRouter()
         200: {"model": PredictResponse, "description": "Per-step outputs and final states, one entry per sequence."},
         413: {"model": ErrorResponse, "description": "The body exceeds the size limit."},
         422: {"model": ErrorResponse, "description": "The body is invalid: `loc` names the field, sequence and step."},
+        503: {"description": "Not ready, or too many requests in progress (retry after `Retry-After` seconds)."},
+        504: {"description": "The request ran past its deadline (`LSTM_REQUEST_TIMEOUT_S`)."},
     },
     openapi_extra={
         "requestBody": {
@@ -110,6 +114,19 @@ async def live() -> Health:
     summary="The model is loaded and warmed up",
 )
 async def ready(request: Request) -> Response:
-    if getattr(request.app.state, "ready", False):
+    if getattr(request.app.state, "ready", False) and not DRAINING.is_set():
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
+async def prometheus(settings: SettingsDep) -> Response:
+    if not settings.metrics:
+        raise HTTPException(status_code=404, detail="metrics are off (LSTM_METRICS=false)")
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

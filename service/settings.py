@@ -6,10 +6,10 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=256, ge=1)  # sequences
     max_steps: int = Field(default=10_000, ge=1)  # steps in each sequence
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # 413 beyond
+    max_total_values: int = Field(default=2_000_000, ge=1)  # numbers in inputs (steps x features, all sequences)
+    # Deadline of one request, from its body's arrival: 504 beyond, queued work dropped.
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    # Requests admitted at once per worker (being decoded, queued for the model or running);
+    # beyond it the answer is 503 with Retry-After, at once.
+    max_queue: int = Field(default=256, ge=1)
     # With "explain": true, steps (over all sequences) x layers x hidden units; each value is six numbers back.
     explain_max_values: int = Field(default=131_072, ge=1)
     # Dynamic batching: concurrent requests merged into one ONNX Runtime call.
@@ -52,8 +58,23 @@ class Settings(BaseSettings):
     workers: int | None = Field(default=None, ge=1)
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["json", "text"] = "json"  # json: one object per line, one line per request
     # Serve the interactive API docs at /docs and /redoc.
     docs: bool = True
+    # API keys, comma-separated. When set, every route but health and metrics needs
+    # `Authorization: Bearer <key>`.
+    api_keys: Annotated[list[str], NoDecode] = Field(default=[], repr=False)
+    # Origins allowed by CORS, comma-separated ("*" for any); none: CORS off.
+    cors_origins: Annotated[list[str], NoDecode] = []
+    # Prometheus metrics at /metrics.
+    metrics: bool = True
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @model_validator(mode="after")
     def _share_the_cores(self) -> Settings:

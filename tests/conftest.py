@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -72,3 +81,51 @@ def windows(weather: np.ndarray, lengths: list[int], rng: np.random.Generator) -
     """Consecutive rows of the real data, one window per length."""
     starts = rng.integers(0, len(weather) - max(lengths), size=len(lengths))
     return [weather[s : s + n] for s, n in zip(starts, lengths, strict=True)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    repo: Path, env: dict[str, str] | None = None, output: IO[Any] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The real server (`python -m service`) on 127.0.0.1 and a free port, ready; killed if still running after."""
+    port = free_port()
+    full = {
+        **os.environ,
+        "LSTM_MODEL_REPOSITORY": str(repo),
+        "LSTM_PORT": str(port),
+        "LSTM_PROVIDER": "cpu",
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=full, stdout=output, stderr=output, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "server exited during start-up"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("server not ready within 60 s")
+        yield url, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and any worker it left
+        proc.wait()
+
+
+@contextlib.contextmanager
+def app_client(settings: Settings, raise_server_exceptions: bool = True, **overrides: Any) -> Iterator[TestClient]:
+    """A TestClient (lifespan entered) on an app with these settings changed."""
+    app = create_app(settings.model_copy(update=overrides))
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as c:
+        yield c

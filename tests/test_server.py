@@ -1,10 +1,5 @@
 """End to end: the real server (`python -m service`, uvicorn) on 127.0.0.1 and a free port, over httpx."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,35 +7,13 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .conftest import running_server
 
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "LSTM_MODEL_REPOSITORY": str(repo), "LSTM_PORT": str(port), "LSTM_PROVIDER": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server not ready within 60 s")
+    with running_server(repo) as (url, proc):
         yield url
-    finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0  # SIGTERM: a clean exit
 

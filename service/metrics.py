@@ -1,0 +1,59 @@
+"""Prometheus metrics (prometheus-client). With several uvicorn workers, PROMETHEUS_MULTIPROC_DIR
+(set by ``python -m service`` before this module is imported) makes every worker write its samples
+to shared files, and ``/metrics`` adds them up, whichever worker answers."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ROUTES = frozenset(
+    {"/predict", "/model", "/health/live", "/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"}
+)
+
+REQUESTS = Counter("lstm_requests_total", "HTTP requests answered, by route and status.", ["route", "status"])
+LATENCY = Histogram(
+    "lstm_request_duration_seconds", "Time from request to answer, by route.", ["route"], buckets=LATENCY_BUCKETS
+)
+INFERENCE = Histogram(
+    "lstm_inference_duration_seconds", "ONNX Runtime time of one (merged) model call.", buckets=LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "lstm_batch_size_sequences",
+    "Sequences in one model call.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+QUEUE_DEPTH = Gauge(
+    "lstm_queue_depth",
+    "Requests admitted: being decoded, queued for the model, or running.",
+    multiprocess_mode="livesum",
+)
+REJECTED = Counter("lstm_rejected_requests_total", "Requests refused before the model ran, by reason.", ["reason"])
+MODEL_INFO = Gauge(
+    "lstm_model_info", "The served model (always 1).", ["name", "version", "provider"], multiprocess_mode="max"
+)
+
+
+def route_label(path: str) -> str:
+    """A bounded label: the known routes, and 'other' for anything else (no cardinality explosion)."""
+    return path if path in ROUTES else "other"
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics page and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,108 @@
+"""Metrics, request ids and structured logs."""
+
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.logs import JsonFormatter
+from service.settings import Settings
+
+from .conftest import app_client, running_server
+
+ROW = [0.0, 10.0, 5.0, 3.0]
+
+
+def sample(text: str, metric: str, **labels: str) -> float:
+    """The value of one Prometheus sample, by name and labels (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(metric + "{") and not line.startswith(metric + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_cover_requests_latency_inference_batches_queue_rejections_and_model(settings: Settings) -> None:
+    with app_client(settings, api_keys=["key-1"]) as c:
+        auth = {"Authorization": "Bearer key-1"}
+        before = c.get("/metrics").text
+        for _ in range(3):
+            assert c.post("/predict", json={"inputs": [[ROW] * 4, [ROW]]}, headers=auth).status_code == 200
+        assert c.post("/predict", json={"inputs": []}, headers=auth).status_code == 422
+        assert c.post("/predict", json={"inputs": [[ROW]]}).status_code == 401
+        text = c.get("/metrics").text
+
+    def grew(metric: str, by: float, **labels: str) -> None:
+        assert sample(text, metric, **labels) - sample(before, metric, **labels) == by, (metric, labels)
+
+    grew("lstm_requests_total", 3, route="/predict", status="200")
+    grew("lstm_requests_total", 1, route="/predict", status="422")
+    grew("lstm_requests_total", 1, route="/predict", status="401")
+    grew("lstm_request_duration_seconds_count", 5, route="/predict")
+    grew("lstm_rejected_requests_total", 1, reason="unauthorized")
+    assert (
+        sample(text, "lstm_inference_duration_seconds_count") - sample(before, "lstm_inference_duration_seconds_count")
+        >= 1
+    )
+    assert sample(text, "lstm_batch_size_sequences_bucket", le="2.0") > sample(
+        before, "lstm_batch_size_sequences_bucket", le="2.0"
+    )
+    assert "lstm_queue_depth" in text
+    assert sample(text, "lstm_model_info", name="tiny", version="1", provider="CPUExecutionProvider") == 1
+
+
+def test_metrics_of_several_workers_add_up(repo: Path) -> None:
+    with running_server(repo, {"LSTM_WORKERS": "2"}) as (url, proc):
+        with httpx.Client(base_url=url) as http:
+            for _ in range(20):  # new connections: the kernel spreads them over both workers
+                assert httpx.post(f"{url}/predict", json={"inputs": [[ROW]]}).status_code == 200
+            text = http.get("/metrics").text
+        assert sample(text, "lstm_requests_total", route="/predict", status="200") == 20
+        assert sample(text, "lstm_model_info", name="tiny", version="1", provider="CPUExecutionProvider") == 1
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_request_id_is_honoured_or_made_and_echoed(settings: Settings, fast_path: bool) -> None:
+    with app_client(settings, fast_path=fast_path) as c:
+        r = c.post("/predict", json={"inputs": [[ROW]]}, headers={"X-Request-ID": "abc-123.x"})
+        assert r.headers["x-request-id"] == "abc-123.x"
+        r = c.post("/predict", json={"inputs": []}, headers={"X-Request-ID": "abc-123.y"})
+        assert r.status_code == 422 and r.headers["x-request-id"] == "abc-123.y"
+        made = c.get("/model").headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", made)
+        for bad in ("has space", "x" * 200, "semi;colon"):
+            assert c.get("/model", headers={"X-Request-ID": bad}).headers["x-request-id"] != bad
+
+
+def test_one_log_line_per_request_without_input_data(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    with app_client(settings) as c, caplog.at_level(logging.INFO, logger="service.access"):
+        c.post("/predict", json={"inputs": [[[0.0, 12345.678, 5.0, 3.0]]]}, headers={"X-Request-ID": "rid-7"})
+    lines = [r for r in caplog.records if r.name == "service.access"]
+    assert len(lines) == 1
+    formatted = json.loads(JsonFormatter().format(lines[0]))
+    assert formatted["request_id"] == "rid-7" and formatted["status"] == 200 and formatted["path"] == "/predict"
+    assert formatted["method"] == "POST" and formatted["duration_ms"] > 0
+    assert "12345" not in json.dumps(formatted)
+
+
+def test_the_real_server_logs_json_lines(repo: Path) -> None:
+    with tempfile.TemporaryFile() as out:
+        with running_server(repo, {"LSTM_WORKERS": "1"}, output=out) as (url, proc):
+            httpx.post(f"{url}/predict", json={"inputs": [[[0.0, 9876.5, 5.0, 3.0]]]}, headers={"X-Request-ID": "r-42"})
+            proc.terminate()
+            assert proc.wait(20) == 0
+        out.seek(0)
+        text = out.read().decode()
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    access = [r for r in records if r.get("request_id") == "r-42"]
+    assert len(access) == 1 and access[0]["status"] == 200 and access[0]["logger"] == "service.access"
+    assert "9876" not in text
+    assert all(line.startswith("{") for line in text.splitlines() if line.strip()), "a log line that is not JSON"
