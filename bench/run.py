@@ -8,6 +8,8 @@ Workloads (bodies cut from the committed data):
   W2  bulk: batch 64, 100 steps; concurrency 4
   W3  one 2,000-step stream in 20-step chunks, sequential, states carried (wrk + stream.lua)
 
+The service runs with its defaults (a JSON log line per request, written to a file, metrics on),
+with batching off, and with its request log off.
 Floors: ONNX Runtime in-process (session.run) for each workload's shapes; W2's whole
 in-process path (orjson decode, ONNX Runtime, orjson encode); a bare ASGI app that
 answers a fixed small JSON (the HTTP floor). Servers: the service with batching on
@@ -178,8 +180,9 @@ SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
         {},
         [("W1", 1), ("W1", 32)],
     ),
-    "service, batching on (default)": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning"}, RUNS),
-    "service, batching off": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning", "LSTM_BATCHING": "false"}, RUNS),
+    "service, batching on (default)": ([PY, "-m", "service"], {}, RUNS),
+    "service, batching off": ([PY, "-m", "service"], {"LSTM_BATCHING": "false"}, RUNS),
+    "service, request logs off": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning"}, [("W1", 1), ("W1", 32)]),
     "naive FastAPI + PyTorch": (
         [
             PY,

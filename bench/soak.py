@@ -48,7 +48,8 @@ def main() -> int:
         files = make_bodies(Path(tmp), meta)
         env = {"LSTM_LOG_LEVEL": "info", "LSTM_MAX_QUEUE": str(args.max_queue)}
         with server([sys.executable, "-m", "service"], env, output=log) as (url, pid):
-            capacity = wrk(url, "W1", 32, 5, files)["rps"]
+            wrk(url, "W1", 32, 3, files)  # warm-up
+            capacity = wrk(url, "W1", 32, 8, files)["rps"]
             offered = 2 * capacity
             delay_ms = max(0, int(1000 * args.connections / offered))
             print(f"capacity {capacity:,.0f} req/s; offering about {offered:,.0f} req/s for {args.seconds} s "
