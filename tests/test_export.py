@@ -104,3 +104,26 @@ def test_parity_check_detects_a_broken_graph(tiny_run: Path) -> None:
     with torch.no_grad():
         model.head.bias += 1e-4
     assert export_mod.parity(model, onnx_bytes) > 1e-5
+
+
+def test_triton_config_matches_the_onnx_graph(repo: Path) -> None:
+    """config.pbtxt parses into Triton's own ModelConfig message and describes the ONNX file's tensors."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = text_format.Parse((repo / "tiny" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert config.name == "tiny" and config.backend == "onnxruntime" and config.max_batch_size == 0
+    graph = onnx.load(repo / "tiny" / "1" / "model.onnx").graph
+    onnx_types = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.INT32: mc.TYPE_INT32}
+
+    def described(values: object) -> dict:
+        return {
+            v.name: (
+                onnx_types[v.type.tensor_type.elem_type],
+                [d.dim_value or -1 for d in v.type.tensor_type.shape.dim],
+            )
+            for v in values  # type: ignore[attr-defined]
+        }
+
+    assert {t.name: (t.data_type, list(t.dims)) for t in config.input} == described(graph.input)
+    assert {t.name: (t.data_type, list(t.dims)) for t in config.output} == described(graph.output)

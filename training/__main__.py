@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.version < 1:
                 parser.error("--version must be a positive integer")
             folder = export(**opts)
-            print(f"wrote {folder}/model.onnx and {folder}/metadata.json")
+            print(f"wrote {folder}/model.onnx, {folder}/metadata.json and {folder.parent}/config.pbtxt")
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

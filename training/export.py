@@ -1,7 +1,8 @@
 """Export a checkpoint to ONNX, check ONNX Runtime against PyTorch, write the model repository entry.
 
-Layout (Triton's model repository): ``<repository>/<name>/<version>/model.onnx``
-and, beside it, ``metadata.json`` with what a server needs to know.
+Layout (Triton's model repository): ``<repository>/<name>/config.pbtxt`` and
+``<repository>/<name>/<version>/model.onnx``, with ``metadata.json`` beside the
+ONNX file holding what this service needs to know.
 Nothing is written unless ONNX Runtime matches PyTorch within ``MAX_ABS_DIFF``
 on every checked shape, padded batches of unequal lengths included.
 """
@@ -128,6 +129,37 @@ def metadata(model: LSTMForecaster, ckpt: dict[str, Any], name: str, version: in
     }
 
 
+def triton_config(model: LSTMForecaster, name: str) -> str:
+    """``config.pbtxt`` for Triton's onnxruntime backend: the same files serve on Triton or KServe.
+
+    The states are [layers, batch, hidden], batch second, so Triton's own batching (which
+    needs batch first on every tensor) stays off: max_batch_size 0 and -1 for dynamic axes.
+    """
+    cfg = model.cfg
+    tensors = {
+        "input": [
+            ("x", "TYPE_FP32", [-1, -1, cfg.n_features]),
+            ("h0", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
+            ("c0", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
+            ("lengths", "TYPE_INT32", [-1]),
+        ],
+        "output": [
+            ("y", "TYPE_FP32", [-1, -1, cfg.n_outputs]),
+            ("hn", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
+            ("cn", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
+        ],
+    }
+    lines = [f'name: "{name}"', 'backend: "onnxruntime"', "max_batch_size: 0", "version_policy: { all: {} }"]
+    for kind, entries in tensors.items():
+        lines.append(f"{kind} [")
+        body = [
+            f'  {{ name: "{n}", data_type: {t}, dims: [ {", ".join(str(d) for d in dims)} ] }}' for n, t, dims in entries
+        ]
+        lines.append(",\n".join(body))
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as f:
@@ -148,4 +180,5 @@ def export(checkpoint: str | Path, repository: str | Path, name: str, version: i
     _write_atomic(folder / "model.onnx", onnx_bytes)
     meta = metadata(model, ckpt, name, version, diff)
     _write_atomic(folder / "metadata.json", (json.dumps(meta, indent=2) + "\n").encode())
+    _write_atomic(folder.parent / "config.pbtxt", triton_config(model, name).encode())
     return folder
