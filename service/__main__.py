@@ -1,6 +1,6 @@
 """``python -m service``: serve the configured model with uvicorn (settings from LSTM_* variables).
 
-Before any worker starts, the model is loaded once: a missing, unreadable or corrupt model, or one
+Before any worker starts, every model is loaded once: a missing, unreadable or corrupt model, or one
 whose inputs are not what the service drives, stops start-up with one error line and exit code 2.
 """
 
@@ -34,9 +34,12 @@ def preflight() -> None:
     from .engine import Engine
 
     s = get_settings()
-    # auto cannot fail on the provider: check the model on the CPU, leaving the GPU to the workers.
+    repository.resolve(s.model_repository, s.model_name, s.model_version)  # the default model exists
+    # auto cannot fail on the provider: check every model on the CPU, leaving the GPU to the workers.
     provider = "cpu" if s.provider == "auto" else s.provider
-    Engine.load(repository.resolve(s.model_repository, s.model_name, s.model_version), provider, 1, 1)
+    for name in repository.model_names(s.model_repository):
+        for version in repository.versions(s.model_repository, name):
+            Engine.load(s.model_repository / name / str(version), provider, 1, 1)
 
 
 def main() -> int:

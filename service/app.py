@@ -13,14 +13,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from . import metrics, repository
-from .batcher import Batcher
 from .engine import Engine, ModelSpec
 from .errors import SERVICE_ERRORS, error_body
 from .fastpath import PredictFastPath
 from .middleware import ApiKeyAuth, RequestContext
-from .payload import Limits
-from .predictor import Predictor
+from .registry import Registry
 from .routes import router
 from .settings import Settings, get_settings
 from .shutdown import watch_for_stop
@@ -58,17 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = s
-        folder = repository.resolve(s.model_repository, s.model_name, s.model_version)
-        engine = await run_in_threadpool(Engine.load, folder, s.provider, s.intra_op_threads, s.inter_op_threads)
-        await run_in_threadpool(engine.warmup)
-        batcher = None
-        if s.batching:
-            batcher = Batcher(engine, s.batch_max_size, s.batch_max_delay_ms / 1000, s.batch_max_padded_steps)
-            batcher.start()
-        limits = Limits(s.max_batch_size, s.max_steps, s.explain_max_values, s.max_body_bytes, s.max_total_values)
-        app.state.predictor = Predictor(engine, limits, batcher, s.request_timeout_s, s.max_queue)
-        app.state.engine = engine
-        metrics.MODEL_INFO.labels(engine.spec.name, engine.spec.version, engine.provider).set(1)
+        registry = await run_in_threadpool(Registry.load, s)
+        registry.start()
+        app.state.registry = registry
+        app.state.predictor = registry.default_predictor  # /predict and /model
+        app.state.engine = engine = registry.default_predictor.engine
         app.state.ready = True
         watch_for_stop()
         log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
@@ -76,8 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
-            if batcher is not None:
-                await run_in_threadpool(batcher.stop)
+            await run_in_threadpool(registry.stop)
 
     app = FastAPI(
         title="LSTM inference service",

@@ -87,8 +87,9 @@ def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession) -> 
         graph_dims["output_size"] = y_shape[-1]
     try:
         spec = ModelSpec(
-            name=str(meta["name"]),
-            version=str(meta["version"]),
+            # The repository's folders name the model and version (as in Triton), whatever the file says.
+            name=folder.parent.name,
+            version=folder.name,
             input_size=int(meta["input_size"]),
             output_size=int(meta["output_size"]),
             hidden_size=int(meta["hidden_size"]),

@@ -40,6 +40,10 @@ class ExplainUnavailable(RuntimeError):
     """The graph is not one whose LSTM weights the explanation can read."""
 
 
+class UnknownModel(LookupError):
+    """No such model or version in the repository (answered 404)."""
+
+
 class Overloaded(RuntimeError):
     """Too many requests are already admitted (answered 503 with Retry-After)."""
 
@@ -48,8 +52,8 @@ class DeadlineExceeded(RuntimeError):
     """The request ran past its deadline (answered 504)."""
 
 
-ServiceError = InvalidInput | PayloadTooLarge | ExplainUnavailable | Overloaded | DeadlineExceeded
-SERVICE_ERRORS = (InvalidInput, PayloadTooLarge, ExplainUnavailable, Overloaded, DeadlineExceeded)
+ServiceError = InvalidInput | PayloadTooLarge | ExplainUnavailable | Overloaded | DeadlineExceeded | UnknownModel
+SERVICE_ERRORS = (InvalidInput, PayloadTooLarge, ExplainUnavailable, Overloaded, DeadlineExceeded, UnknownModel)
 
 
 def error_body(exc: ServiceError) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -62,5 +66,7 @@ def error_body(exc: ServiceError) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 503, {"detail": str(exc)}, {"Retry-After": "1"}
     if isinstance(exc, DeadlineExceeded):
         return 504, {"detail": str(exc)}, {}
+    if isinstance(exc, UnknownModel):
+        return 404, {"detail": str(exc)}, {}
     detail = [error(("body", "explain"), f"This model cannot be explained: {exc}", "explain_unavailable")]
     return 422, {"detail": detail}, {}

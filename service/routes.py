@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -11,7 +11,18 @@ from . import metrics
 from .engine import Engine
 from .fastpath import read_body
 from .predictor import Predictor
-from .schemas import ErrorResponse, Health, LimitsInfo, ModelInfo, PredictRequest, PredictResponse
+from .registry import Registry
+from .schemas import (
+    ErrorResponse,
+    Health,
+    LimitsInfo,
+    ModelInfo,
+    ModelList,
+    ModelRef,
+    ModelVersions,
+    PredictRequest,
+    PredictResponse,
+)
 from .settings import Settings
 from .shutdown import DRAINING
 
@@ -37,12 +48,18 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
+
+async def get_registry(request: Request, engine: EngineDep) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
 router = APIRouter()
 
 
-@router.post(
-    "/predict",
-    summary="Run a batch of sequences",
+PREDICT_DOCS: dict[str, Any] = dict(
     response_class=Response,
     responses={
         200: {"model": PredictResponse, "description": "Per-step outputs and final states, one entry per sequence."},
@@ -58,6 +75,20 @@ router = APIRouter()
         }
     },
 )
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such model or version in the repository."}}
+V1_PREDICT_DOCS = {**PREDICT_DOCS, "responses": {**PREDICT_DOCS["responses"], **NOT_FOUND}}
+
+
+async def serve_predict(request: Request, predictor: Predictor) -> Response:
+    body = await read_body(request.scope, request.receive, predictor.limits.max_body_bytes)
+    if body is None:
+        raise HTTPException(status_code=400, detail="the client disconnected before sending the whole body")
+    return Response(await predictor(body), media_type="application/json")
+
+
+@router.post("/predict", summary="Run a batch of sequences on the default model", **PREDICT_DOCS)
 async def predict(request: Request, predictor: PredictorDep) -> Response:
     """Sequences go in with optional initial states; per-step outputs and final states come back.
 
@@ -70,14 +101,52 @@ async def predict(request: Request, predictor: PredictorDep) -> Response:
     """
     # With LSTM_FAST_PATH on (the default) PredictFastPath answers this route before FastAPI
     # sees it, with the same pipeline; this handler serves it when the fast path is off.
-    body = await read_body(request.scope, request.receive, predictor.limits.max_body_bytes)
-    if body is None:
-        raise HTTPException(status_code=400, detail="the client disconnected before sending the whole body")
-    return Response(await predictor(body), media_type="application/json")
+    return await serve_predict(request, predictor)
 
 
-@router.get("/model", response_model=ModelInfo, summary="The served model, its provider and the limits in force")
+@router.post("/v1/models/{name}/predict", summary="Run a batch on a model of the repository", **V1_PREDICT_DOCS)
+async def predict_model(request: Request, name: str, registry: RegistryDep) -> Response:
+    """As `/predict`, on the named model (its latest version; the pinned one for the default model)."""
+    return await serve_predict(request, registry.get(name))
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}/predict", summary="Run a batch on one model version", **V1_PREDICT_DOCS
+)
+async def predict_version(request: Request, name: str, version: str, registry: RegistryDep) -> Response:
+    """As `/predict`, on the named model and version."""
+    return await serve_predict(request, registry.get(name, version))
+
+
+@router.get("/v1/models", response_model=ModelList, summary="Every model and version the service serves")
+async def list_models(registry: RegistryDep) -> ModelList:
+    return ModelList(
+        models=[
+            ModelVersions(name=n, versions=registry.versions(n), serving_version=registry.get(n).engine.spec.version)
+            for n in registry.names()
+        ],
+        default=ModelRef(name=registry.default[0], version=registry.default[1]),
+    )
+
+
+@router.get("/v1/models/{name}", response_model=ModelInfo, responses=NOT_FOUND, summary="A model of the repository")
+async def named_model_info(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+    return describe(registry.get(name).engine, settings)
+
+
+@router.get(
+    "/v1/models/{name}/versions/{version}", response_model=ModelInfo, responses=NOT_FOUND, summary="One model version"
+)
+async def version_info(name: str, version: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+    return describe(registry.get(name, version).engine, settings)
+
+
+@router.get("/model", response_model=ModelInfo, summary="The default model, its provider and the limits in force")
 async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
+    return describe(engine, settings)
+
+
+def describe(engine: Engine, settings: Settings) -> ModelInfo:
     spec = engine.spec
     return ModelInfo(
         name=spec.name,

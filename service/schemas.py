@@ -95,5 +95,16 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="Training figures from the model's metadata.")
 
 
+class ModelVersions(BaseModel):
+    name: str
+    versions: list[str]
+    serving_version: str = Field(description="The version `/v1/models/{name}/predict` uses.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelVersions]
+    default: ModelRef = Field(description="The model and version of `/predict` and `/model`.")
+
+
 class Health(BaseModel):
     status: str

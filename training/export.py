@@ -153,7 +153,8 @@ def triton_config(model: LSTMForecaster, name: str) -> str:
     for kind, entries in tensors.items():
         lines.append(f"{kind} [")
         body = [
-            f'  {{ name: "{n}", data_type: {t}, dims: [ {", ".join(str(d) for d in dims)} ] }}' for n, t, dims in entries
+            f'  {{ name: "{n}", data_type: {t}, dims: [ {", ".join(str(d) for d in dims)} ] }}'
+            for n, t, dims in entries
         ]
         lines.append(",\n".join(body))
         lines.append("]")
