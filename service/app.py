@@ -17,6 +17,7 @@ from .engine import Engine, ModelSpec
 from .errors import SERVICE_ERRORS, error_body
 from .fastpath import PredictFastPath
 from .middleware import ApiKeyAuth, RequestContext
+from .oip_routes import router as oip_router
 from .registry import Registry
 from .routes import router
 from .settings import Settings, get_settings
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if s.docs else None,
     )
     app.include_router(router)
+    app.include_router(oip_router)
 
     async def typed_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SERVICE_ERRORS)

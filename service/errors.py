@@ -40,6 +40,10 @@ class ExplainUnavailable(RuntimeError):
     """The graph is not one whose LSTM weights the explanation can read."""
 
 
+class ProtocolError(ValueError):
+    """An Open Inference Protocol request that is malformed or does not fit the model (answered 400)."""
+
+
 class UnknownModel(LookupError):
     """No such model or version in the repository (answered 404)."""
 

@@ -46,8 +46,14 @@ MODEL_INFO = Gauge(
 
 
 def route_label(path: str) -> str:
-    """A bounded label: the known routes, and 'other' for anything else (no cardinality explosion)."""
-    return path if path in ROUTES else "other"
+    """A bounded label: the known routes, the model routes by kind, and 'other' for anything else."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/v2/"):
+        return "/v2/infer" if path.endswith("/infer") else "/v2"
+    if path.startswith("/v1/models"):
+        return "/v1/predict" if path.endswith("/predict") else "/v1/models"
+    return "other"
 
 
 def exposition() -> tuple[bytes, str]:
