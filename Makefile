@@ -31,7 +31,7 @@ test: $(VENV)/.dev-deps
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service training
+	$(BIN)/mypy service training lstm_client
 	$(BIN)/hadolint Dockerfile docker/train.Dockerfile
 
 format: $(VENV)/.dev-deps

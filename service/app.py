@@ -22,6 +22,7 @@ from .registry import Registry
 from .routes import router
 from .settings import Settings, get_settings
 from .shutdown import watch_for_stop
+from .stream import Connections
 
 log = logging.getLogger("service.app")
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = await run_in_threadpool(Registry.load, s)
         registry.start()
         app.state.registry = registry
+        app.state.stream_connections = Connections(s.stream_max_connections)
         app.state.predictor = registry.default_predictor  # /predict and /model
         app.state.engine = engine = registry.default_predictor.engine
         app.state.ready = True

@@ -94,10 +94,13 @@ class ApiKeyAuth:
         return scheme.lower() == "bearer" and any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_ROUTES or self._authorized(scope):
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_ROUTES or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         metrics.REJECTED.labels("unauthorized").inc()
+        if scope["type"] == "websocket":  # refused before the handshake completes: the client sees 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
         body = orjson.dumps({"detail": "Not authenticated"})
         headers = [
             (b"content-type", b"application/json"),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
 from . import metrics
 from .engine import Engine
+from .errors import UnknownModel
 from .fastpath import read_body
 from .predictor import Predictor
 from .registry import Registry
@@ -25,6 +26,7 @@ from .schemas import (
 )
 from .settings import Settings
 from .shutdown import DRAINING
+from .stream import POLICY, TRY_LATER, serve_stream
 
 
 async def get_engine(request: Request) -> Engine:
@@ -199,3 +201,19 @@ async def prometheus(settings: SettingsDep) -> Response:
         raise HTTPException(status_code=404, detail="metrics are off (LSTM_METRICS=false)")
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
+
+
+@router.websocket("/v1/models/{name}/stream")
+async def stream(ws: WebSocket, name: str) -> None:
+    """Stream chunks over one connection that keeps the LSTM states (see service/stream.py)."""
+    registry: Registry | None = getattr(ws.app.state, "registry", None)
+    if registry is None:
+        await ws.close(TRY_LATER, "model not loaded yet")
+        return
+    try:
+        predictor = registry.get(name)
+    except UnknownModel as e:
+        await ws.close(POLICY, str(e)[:120])
+        return
+    s: Settings = ws.app.state.settings
+    await serve_stream(ws, predictor, ws.app.state.stream_connections, s.stream_max_streams, s.stream_idle_s)

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # Requests admitted at once per worker (being decoded, queued for the model or running);
     # beyond it the answer is 503 with Retry-After, at once.
     max_queue: int = Field(default=256, ge=1)
+    # WebSocket streaming (/v1/models/{name}/stream): connections per worker, streams per
+    # connection, and seconds without a message before the server closes it.
+    stream_max_connections: int = Field(default=256, ge=1)
+    stream_max_streams: int = Field(default=64, ge=1)
+    stream_idle_s: float = Field(default=300.0, gt=0)
     # With "explain": true, steps (over all sequences) x layers x hidden units; each value is six numbers back.
     explain_max_values: int = Field(default=131_072, ge=1)
     # Dynamic batching: concurrent requests merged into one ONNX Runtime call.

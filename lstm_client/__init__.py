@@ -1,0 +1,239 @@
+"""A small client for the LSTM inference service: httpx and numpy (websockets for the WebSocket transport).
+
+    from lstm_client import Client
+
+    with Client("http://127.0.0.1:8000") as client:
+        answer = client.predict([rows])               # one sequence: rows is [steps][features]
+        with client.stream() as stream:               # a long sequence, chunk by chunk
+            for chunk in chunks:
+                outputs = stream.send(chunk)          # [steps, outputs]; states carried for you
+
+``AsyncClient`` and ``AsyncStream`` do the same with ``await``. ``stream(transport="websocket")``
+keeps the states on the server (one connection per stream) instead of sending them each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+ArrayLike = Sequence[Any] | np.ndarray
+
+
+@dataclass
+class Prediction:
+    outputs: list[np.ndarray]  # one [steps, outputs] array per sequence
+    hn: np.ndarray  # [batch, layers, hidden]: pass back as the next call's h0
+    cn: np.ndarray
+    model: dict[str, str]
+
+
+def _body(inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"inputs": [np.asarray(seq, dtype=np.float64).tolist() for seq in inputs]}
+    if h0 is not None or c0 is not None:
+        body["h0"], body["c0"] = np.asarray(h0).tolist(), np.asarray(c0).tolist()
+    return body
+
+
+def _prediction(answer: httpx.Response) -> Prediction:
+    if answer.status_code != 200:
+        raise ServiceError(answer.status_code, answer.text)
+    doc = answer.json()
+    return Prediction(
+        [np.asarray(o, dtype=np.float32) for o in doc["outputs"]],
+        np.asarray(doc["hn"], dtype=np.float32),
+        np.asarray(doc["cn"], dtype=np.float32),
+        doc["model"],
+    )
+
+
+def _predict_path(model: str | None, version: str | None) -> str:
+    if model is None:
+        return "/predict"
+    return f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + "/predict"
+
+
+def _ws_message(chunk: ArrayLike) -> str:
+    import json
+
+    return json.dumps({"stream": "0", "inputs": np.asarray(chunk, dtype=np.float64).tolist()})
+
+
+def _ws_outputs(raw: str | bytes) -> np.ndarray:
+    import json
+
+    return np.asarray(json.loads(raw)["outputs"], dtype=np.float32)
+
+
+class ServiceError(RuntimeError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _ws_url(self, model: str) -> str:
+        return self.url.replace("http", "ws", 1) + f"/v1/models/{model}/stream"
+
+
+class Client(_Base):
+    """Synchronous client."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout)
+
+    def predict(
+        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
+    ) -> Prediction:
+        """A batch of sequences ([batch][steps][features]) with optional states ([batch][layers][hidden])."""
+        return _prediction(self.http.post(_predict_path(self.model, self.version), json=_body(inputs, h0, c0)))
+
+    def default_model(self) -> str:
+        return str(self.http.get("/v1/models").raise_for_status().json()["default"]["name"])
+
+    def stream(self, transport: str = "http") -> Stream:
+        return Stream(self, transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Stream:
+    """One long sequence sent chunk by chunk; the LSTM's states are carried between chunks."""
+
+    def __init__(self, client: Client, transport: str = "http") -> None:
+        if transport not in ("http", "websocket"):
+            raise ValueError("transport: 'http' or 'websocket'")
+        self.client, self.transport = client, transport
+        self.hn: np.ndarray | None = None  # [layers, hidden] after the last chunk (http transport)
+        self.cn: np.ndarray | None = None
+        self._ws: Any = None
+        self._open = contextlib.ExitStack()
+        if transport == "websocket":
+            from websockets.sync.client import connect
+
+            model = client.model or client.default_model()
+            self._ws = self._open.enter_context(connect(client._ws_url(model), additional_headers=client.headers))
+
+    def send(self, chunk: ArrayLike) -> np.ndarray:
+        """The next chunk ([steps][features]); returns its outputs [steps, outputs]."""
+        if self._ws is not None:
+            self._ws.send(_ws_message(chunk))
+            return _ws_outputs(self._ws.recv())
+        states = (None, None) if self.hn is None else (self.hn[None], self.cn[None])  # type: ignore[index]
+        answer = self.client.predict([chunk], *states)
+        self.hn, self.cn = answer.hn[0], answer.cn[0]
+        return answer.outputs[0]
+
+    def reset(self) -> None:
+        """Start the sequence over from zero states."""
+        self.hn = self.cn = None
+        if self._ws is not None:
+            self._ws.send('{"stream": "0", "reset": true}')
+            self._ws.recv()
+
+    def close(self) -> None:
+        self._open.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """Asynchronous client."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout)
+
+    async def predict(
+        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
+    ) -> Prediction:
+        path = _predict_path(self.model, self.version)
+        return _prediction(await self.http.post(path, json=_body(inputs, h0, c0)))
+
+    async def default_model(self) -> str:
+        return str((await self.http.get("/v1/models")).raise_for_status().json()["default"]["name"])
+
+    async def stream(self, transport: str = "http") -> AsyncStream:
+        stream = AsyncStream(self, transport)
+        if transport == "websocket":
+            from websockets.asyncio.client import connect
+
+            model = self.model or await self.default_model()
+            ws = connect(self._ws_url(model), additional_headers=self.headers)
+            stream._ws = await stream._open.enter_async_context(ws)
+        return stream
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncStream:
+    """``Stream`` with ``await``; made by ``await AsyncClient.stream()``."""
+
+    def __init__(self, client: AsyncClient, transport: str = "http") -> None:
+        if transport not in ("http", "websocket"):
+            raise ValueError("transport: 'http' or 'websocket'")
+        self.client, self.transport = client, transport
+        self.hn: np.ndarray | None = None
+        self.cn: np.ndarray | None = None
+        self._ws: Any = None
+        self._open = contextlib.AsyncExitStack()
+
+    async def send(self, chunk: ArrayLike) -> np.ndarray:
+        if self._ws is not None:
+            await self._ws.send(_ws_message(chunk))
+            return _ws_outputs(await self._ws.recv())
+        states = (None, None) if self.hn is None else (self.hn[None], self.cn[None])  # type: ignore[index]
+        answer = await self.client.predict([chunk], *states)
+        self.hn, self.cn = answer.hn[0], answer.cn[0]
+        return answer.outputs[0]
+
+    async def reset(self) -> None:
+        self.hn = self.cn = None
+        if self._ws is not None:
+            await self._ws.send('{"stream": "0", "reset": true}')
+            await self._ws.recv()
+
+    async def aclose(self) -> None:
+        await self._open.aclose()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,73 @@
+"""lstm_client against the real server: predict, and streams over HTTP and the WebSocket, sync and async."""
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from lstm_client import AsyncClient, Client, ServiceError
+
+from .conftest import running_server
+
+
+@pytest.fixture(scope="module")
+def url(repo: Path) -> Iterator[str]:
+    with running_server(repo, {"LSTM_WORKERS": "1"}) as (address, proc):
+        yield address
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_predict_equals_the_raw_api(url: str, weather: np.ndarray) -> None:
+    seqs = [weather[:9], weather[50:53]]
+    raw = httpx.post(f"{url}/predict", json={"inputs": [s.tolist() for s in seqs]}).json()
+    with Client(url) as client:
+        answer = client.predict(seqs)
+        again = client.predict([seqs[1]], answer.hn[1:], answer.cn[1:])  # states pass back as they come
+    assert [o.shape for o in answer.outputs] == [(9, 1), (3, 1)]
+    np.testing.assert_allclose(answer.outputs[1], raw["outputs"][1], atol=1e-6)
+    np.testing.assert_allclose(answer.hn, raw["hn"], atol=1e-6)
+    assert answer.model == {"name": "tiny", "version": "1"}
+    assert not np.allclose(again.outputs[0], answer.outputs[1])
+
+
+@pytest.mark.parametrize("transport", ["http", "websocket"])
+def test_sync_stream_equals_one_call(url: str, weather: np.ndarray, transport: str) -> None:
+    seq = weather[400:520]
+    with Client(url) as client:
+        whole = client.predict([seq]).outputs[0]
+        with client.stream(transport) as stream:
+            parts = [stream.send(seq[i : i + 25]) for i in range(0, 120, 25)]
+            stream.reset()
+            restarted = stream.send(seq[:25])
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(restarted, whole[:25], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("transport", ["http", "websocket"])
+def test_async_stream_equals_one_call(url: str, weather: np.ndarray, transport: str) -> None:
+    seq = weather[600:700]
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        async with AsyncClient(url) as client:
+            whole = (await client.predict([seq])).outputs[0]
+            async with await client.stream(transport) as stream:
+                parts = [await stream.send(seq[i : i + 30]) for i in range(0, 100, 30)]
+        return whole, np.concatenate(parts)
+
+    whole, streamed = asyncio.run(scenario())
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+
+
+def test_errors_and_model_selection(url: str) -> None:
+    with Client(url, model="tiny", version="1") as client:
+        assert client.predict([[[0.0, 10.0, 5.0, 3.0]]]).model == {"name": "tiny", "version": "1"}
+        with pytest.raises(ServiceError) as bad:
+            client.predict([[[1.0, 2.0]]])
+        assert bad.value.status == 422 and "inputs" in bad.value.detail
+    with Client(url, model="nope") as client, pytest.raises(ServiceError) as missing:
+        client.predict([[[0.0, 10.0, 5.0, 3.0]]])
+    assert missing.value.status == 404
