@@ -122,16 +122,31 @@ class Client(_Base):
         self.close()
 
 
-class Stream:
-    """One long sequence sent chunk by chunk; the LSTM's states are carried between chunks."""
+class _Carried:
+    """The states a stream over /predict carries from one chunk to the next."""
 
-    def __init__(self, client: Client, transport: str = "http") -> None:
+    def __init__(self, transport: str) -> None:
         if transport not in ("http", "websocket"):
             raise ValueError("transport: 'http' or 'websocket'")
-        self.client, self.transport = client, transport
+        self.transport = transport
         self.hn: np.ndarray | None = None  # [layers, hidden] after the last chunk (http transport)
         self.cn: np.ndarray | None = None
         self._ws: Any = None
+
+    def _states(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        return (None, None) if self.hn is None or self.cn is None else (self.hn[None], self.cn[None])
+
+    def _keep(self, answer: Prediction) -> np.ndarray:
+        self.hn, self.cn = answer.hn[0], answer.cn[0]
+        return answer.outputs[0]
+
+
+class Stream(_Carried):
+    """One long sequence sent chunk by chunk; the LSTM's states are carried between chunks."""
+
+    def __init__(self, client: Client, transport: str = "http") -> None:
+        super().__init__(transport)
+        self.client = client
         self._open = contextlib.ExitStack()
         if transport == "websocket":
             from websockets.sync.client import connect
@@ -144,10 +159,7 @@ class Stream:
         if self._ws is not None:
             self._ws.send(_ws_message(chunk))
             return _ws_outputs(self._ws.recv())
-        states = (None, None) if self.hn is None else (self.hn[None], self.cn[None])  # type: ignore[index]
-        answer = self.client.predict([chunk], *states)
-        self.hn, self.cn = answer.hn[0], answer.cn[0]
-        return answer.outputs[0]
+        return self._keep(self.client.predict([chunk], *self._states()))
 
     def reset(self) -> None:
         """Start the sequence over from zero states."""
@@ -202,26 +214,19 @@ class AsyncClient(_Base):
         await self.aclose()
 
 
-class AsyncStream:
+class AsyncStream(_Carried):
     """``Stream`` with ``await``; made by ``await AsyncClient.stream()``."""
 
     def __init__(self, client: AsyncClient, transport: str = "http") -> None:
-        if transport not in ("http", "websocket"):
-            raise ValueError("transport: 'http' or 'websocket'")
-        self.client, self.transport = client, transport
-        self.hn: np.ndarray | None = None
-        self.cn: np.ndarray | None = None
-        self._ws: Any = None
+        super().__init__(transport)
+        self.client = client
         self._open = contextlib.AsyncExitStack()
 
     async def send(self, chunk: ArrayLike) -> np.ndarray:
         if self._ws is not None:
             await self._ws.send(_ws_message(chunk))
             return _ws_outputs(await self._ws.recv())
-        states = (None, None) if self.hn is None else (self.hn[None], self.cn[None])  # type: ignore[index]
-        answer = await self.client.predict([chunk], *states)
-        self.hn, self.cn = answer.hn[0], answer.cn[0]
-        return answer.outputs[0]
+        return self._keep(await self.client.predict([chunk], *self._states()))
 
     async def reset(self) -> None:
         self.hn = self.cn = None

@@ -6,6 +6,7 @@ unknown model or version, and the service's 413, 503 (with Retry-After) and 504.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from . import oip
+from .engine import ModelSpec
 from .errors import SERVICE_ERRORS, ProtocolError, ServiceError, error_body
 from .fastpath import read_body
 from .predictor import INLINE_DECODE_BYTES
@@ -133,12 +135,16 @@ async def version_metadata(name: str, version: str, registry: RegistryDep) -> Re
     return _metadata(registry, name, version)
 
 
-def _metadata(registry: Registry, name: str, version: str | None) -> Response:
+def _about(registry: Registry, name: str, version: str | None, answer: Callable[[ModelSpec], Any]) -> Response:
     try:
         spec = registry.get(name, version).engine.spec
-        return JSONResponse(oip.model_metadata(spec, registry.versions(name)))
     except SERVICE_ERRORS as exc:
         return protocol_error(exc)
+    return JSONResponse(answer(spec))
+
+
+def _metadata(registry: Registry, name: str, version: str | None) -> Response:
+    return _about(registry, name, version, lambda spec: oip.model_metadata(spec, registry.versions(name)))
 
 
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
@@ -152,11 +158,12 @@ async def version_ready(name: str, version: str, registry: RegistryDep) -> Respo
 
 
 def _ready(registry: Registry, name: str, version: str | None) -> Response:
-    try:
-        spec = registry.get(name, version).engine.spec
-    except SERVICE_ERRORS as exc:
-        return protocol_error(exc)
-    return JSONResponse({"name": spec.name, "version": spec.version, "ready": not DRAINING.is_set()})
+    return _about(
+        registry,
+        name,
+        version,
+        lambda spec: {"name": spec.name, "version": spec.version, "ready": not DRAINING.is_set()},
+    )
 
 
 @router.post("/models/{name}/infer", summary="Inference", **INFER_DOCS)
