@@ -28,7 +28,7 @@ class Limits:
     max_steps: int  # steps per sequence
     explain_max_values: int  # with explain: steps (all sequences) x layers x hidden units
     max_body_bytes: int  # request body size
-    max_total_values: int = 2_000_000  # numbers in inputs, all sequences
+    max_total_values: int  # numbers in inputs, all sequences
 
 
 @dataclass

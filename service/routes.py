@@ -37,6 +37,7 @@ async def get_engine(request: Request) -> Engine:
 
 
 async def get_predictor(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> Predictor:
+    # `engine` is here for get_engine's 503 while the model loads
     predictor: Predictor = request.app.state.predictor
     return predictor
 
@@ -52,6 +53,7 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
 async def get_registry(request: Request, engine: EngineDep) -> Registry:
+    # `engine` is here for get_engine's 503 while the models load
     registry: Registry = request.app.state.registry
     return registry
 

@@ -18,7 +18,7 @@ from service.settings import Settings
 from .conftest import app_client, running_server
 
 ROW = [0.0, 10.0, 5.0, 3.0]
-LIMITS = Limits(16, 600, 4096, 1 << 20)
+LIMITS = Limits(16, 600, 4096, 1 << 20, 10**6)
 
 
 def test_total_values_limit_is_a_422(settings: Settings) -> None:

@@ -9,7 +9,10 @@ from service.errors import InvalidInput
 from service.payload import Limits, decode_predict
 
 SPEC = ModelSpec("m", "1", 3, 1, 2, 2, ["a", "b", "c"], ["a"], metadata={})
-LIMITS = Limits(max_batch_size=4, max_steps=5, explain_max_values=2 * 2 * 6, max_body_bytes=1 << 20)  # 6 steps
+# explain_max_values: 6 steps of 2 layers x 2 units
+LIMITS = Limits(
+    max_batch_size=4, max_steps=5, explain_max_values=2 * 2 * 6, max_body_bytes=1 << 20, max_total_values=100
+)
 STEP = [1.0, 2.0, 3.0]
 STATE = [[0.1, 0.2], [0.3, 0.4]]  # [layer][unit]
 
