@@ -61,6 +61,8 @@ def _header(body: bytes, header_length: int | None) -> tuple[dict[str, Any], byt
 def parse_infer(body: bytes, header_length: int | None) -> InferRequest:
     """The tensors of an inference request, from JSON data or binary data after the JSON header."""
     doc, binary = _header(body, header_length)
+    json_part = body if header_length is None else body[:header_length]
+    has_literals = b"true" in json_part or b"false" in json_part
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("'inputs' must be a non-empty list of tensors")
@@ -92,7 +94,7 @@ def parse_infer(body: bytes, header_length: int | None) -> InferRequest:
             if "data" not in spec:
                 raise ProtocolError(f"{where} has neither 'data' nor binary data")
             try:
-                array = np.asarray(spec["data"], dtype=dtype)
+                array = _numbers(spec["data"], dtype, exact=has_literals)
             except (TypeError, ValueError, OverflowError):
                 raise ProtocolError(f"{where}: 'data' must be numbers of {datatype}") from None
             if array.size != count:
@@ -103,6 +105,17 @@ def parse_infer(body: bytes, header_length: int | None) -> InferRequest:
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data after the last tensor")
     requested, binary_out = _requested_outputs(doc)
     return InferRequest(doc.get("id") if isinstance(doc.get("id"), str) else None, tensors, requested, binary_out)
+
+
+def _numbers(data: Any, dtype: np.dtype[Any], exact: bool) -> np.ndarray:
+    """JSON tensor data as ``dtype``; strings, nulls and booleans are not numbers. numpy reads a
+    boolean among numbers as 1 or 0, so a body with any true or false is checked value by value."""
+    raw = np.asarray(data)
+    if raw.dtype.kind not in "iuf" or (dtype.kind == "i" and raw.dtype.kind == "f"):
+        raise ValueError("not numbers")
+    if exact and any(isinstance(v, bool) for v in np.asarray(data, dtype=object).ravel()):
+        raise ValueError("booleans")
+    return raw.astype(dtype)
 
 
 def _requested_outputs(doc: dict[str, Any]) -> tuple[list[str], set[str]]:

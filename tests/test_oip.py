@@ -122,4 +122,8 @@ def test_errors_name_what_is_wrong(served: tuple) -> None:
     }
     r = httpx.post(f"{url}/v2/models/tiny/infer", json=only_h0)
     assert r.status_code == 400 and "both or neither" in r.json()["error"]
+    for data in (["1", "2", "3", "4"], [True, False, True, 1.0], [None, 1, 2, 3], [[1, 2], [3, "x"]]):
+        bad = {"inputs": [{"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": data}]}
+        r = httpx.post(f"{url}/v2/models/tiny/infer", json=bad)
+        assert r.status_code == 400 and "'data' must be numbers of FP32" in r.json()["error"], data
     assert httpx.get(f"{url}/v2/models/tiny/versions/7").status_code == 404
