@@ -82,8 +82,8 @@ def test_readiness_turns_false_while_draining(settings: Settings) -> None:
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(repo: Path) -> None:
-    heavy = {"inputs": [np.tile(ROW, (8000, 1)).tolist()], "explain": True}  # a few hundred ms
-    with running_server(repo, {"LSTM_WORKERS": "1", "LSTM_EXPLAIN_MAX_VALUES": "200000"}) as (url, proc):
+    heavy = {"inputs": [np.tile(ROW, (8000, 1)).tolist()] * 2, "explain": True}  # most of a second
+    with running_server(repo, {"LSTM_WORKERS": "1", "LSTM_EXPLAIN_MAX_VALUES": "300000"}) as (url, proc):
 
         async def scenario() -> httpx.Response:
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
