@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .engine import Batch, ModelSpec, SequenceResult
+from .engine import INPUTS, OUTPUTS, Batch, ModelSpec, SequenceResult
 from .errors import ProtocolError
 from .payload import Limits
 
@@ -29,7 +29,6 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "INT64": np.dtype("<i8"),
 }
 FLOAT_TYPES, INT_TYPES = ("FP32", "FP64"), ("INT32", "INT64")
-OUTPUTS = ("y", "hn", "cn")
 
 
 @dataclass
@@ -153,7 +152,7 @@ def _float_input(req: InferRequest, name: str, shape: tuple[int | None, ...], la
 
 def to_batch(req: InferRequest, spec: ModelSpec, limits: Limits) -> Batch:
     """Check the tensors against the model and the limits, as /predict does."""
-    unknown = set(req.tensors) - {"x", "h0", "c0", "lengths"}
+    unknown = set(req.tensors) - set(INPUTS)
     if unknown:
         raise ProtocolError(f"unknown input {sorted(unknown)[0]!r}; the model takes x, h0, c0 and lengths")
     if "x" not in req.tensors:

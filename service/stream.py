@@ -18,7 +18,7 @@ the body limit with 1009; too many streams with 1008; a full server with 1013; i
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ class Connections:
     """Open stream connections of this worker, against LSTM_STREAM_MAX_CONNECTIONS."""
 
     limit: int
-    open: int = field(default=0)
+    open: int = 0
 
 
 class CloseWith(Exception):
