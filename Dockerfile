@@ -47,6 +47,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "service.server.healthcheck"]
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service"]

@@ -17,8 +17,8 @@ from types import FrameType
 
 import uvicorn
 
-from .errors import ModelLoadError
-from .logs import log_config
+from .model.errors import ModelLoadError
+from .server.logs import log_config
 from .settings import get_settings
 
 STARTUP_FAILURE = 2
@@ -30,8 +30,8 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 
 def preflight() -> None:
-    from . import repository
-    from .engine import Engine
+    from .model import repository
+    from .model.engine import Engine
 
     s = get_settings()
     repository.resolve(s.model_repository, s.model_name, s.model_version)  # the default model exists
@@ -57,14 +57,19 @@ def main() -> int:
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    from .server.http import GuardedHttpToolsProtocol
+
     uvicorn.run(
         "service.app:app",
         host=s.host,
         port=s.port,
         workers=s.workers,
         log_config=config,
-        access_log=False,  # service.middleware.RequestContext logs each request
+        access_log=False,  # service.server.middleware.RequestContext logs each request
         timeout_graceful_shutdown=math.ceil(s.request_timeout_s),  # in-flight requests may finish
+        http=GuardedHttpToolsProtocol,  # header deadline and size cap
+        limit_concurrency=s.max_connections,  # 503 beyond, per worker
+        ws_max_size=s.max_body_bytes + 1024,  # a larger message is refused by the WebSocket layer (1009)
     )
     return 0
 

@@ -13,16 +13,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from .engine import Engine, ModelSpec
-from .errors import SERVICE_ERRORS, error_body
-from .fastpath import PredictFastPath
-from .middleware import ApiKeyAuth, RequestContext
-from .oip_routes import router as oip_router
-from .registry import Registry
-from .routes import router
+from .model.engine import Engine, ModelSpec
+from .model.errors import ExplainUnavailable
+from .pipeline.errors import ServiceError
+from .pipeline.registry import Registry
+from .protocols import rest
+from .protocols.fastpath import PredictFastPath
+from .protocols.oip_routes import router as oip_router
+from .protocols.rest_routes import router
+from .protocols.websocket import Connections
+from .server.middleware import ApiKeyAuth, RequestContext
+from .server.shutdown import watch_for_stop
 from .settings import Settings, get_settings
-from .shutdown import watch_for_stop
-from .stream import Connections
 
 log = logging.getLogger("service.app")
 
@@ -61,8 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.start()
         app.state.registry = registry
         app.state.stream_connections = Connections(s.stream_max_connections)
-        app.state.predictor = registry.default_predictor  # /predict and /model
-        app.state.engine = engine = registry.default_predictor.engine
+        app.state.plane = registry.default_plane  # /predict and /model
+        app.state.engine = engine = registry.default_plane.engine
         app.state.ready = True
         watch_for_stop()
         log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
@@ -85,12 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip_router)
 
     async def typed_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, SERVICE_ERRORS)
-        status, body, headers = error_body(exc)
+        assert isinstance(exc, ServiceError | ExplainUnavailable)
+        status, body, headers = rest.error_response(exc)
         return JSONResponse(body, status_code=status, headers=headers)
 
-    for exc_type in SERVICE_ERRORS:
-        app.add_exception_handler(exc_type, typed_error)
+    app.add_exception_handler(ServiceError, typed_error)
+    app.add_exception_handler(ExplainUnavailable, typed_error)
     # The last added runs first: RequestContext, then CORS, then the key check, then the fast path.
     if s.fast_path:
         app.add_middleware(PredictFastPath)

@@ -50,12 +50,22 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=64, ge=1)  # sequences in one merged call; a larger request runs alone
     # How long a non-full batch waits for more requests (0: an idle model starts at once).
     batch_max_delay_ms: float = Field(default=0.0, ge=0.0)
-    # Sequences x padded length of one merged call (None: no limit), so one long sequence
-    # does not pad a batch of short ones.
-    batch_max_padded_steps: int | None = Field(default=None, ge=1)
+    # Work per ONNX Runtime call: a sequence longer than chunk_steps runs in time chunks of that many
+    # steps, its states carried (exact); one call holds at most call_max_steps sequences x padded steps,
+    # which bounds the memory of the largest request. Sequences are grouped by length, so padding
+    # never costs more than a quarter of the real steps.
+    chunk_steps: int = Field(default=1024, ge=1)
+    call_max_steps: int = Field(default=32768, ge=1)
     # Answer POST /predict straight from ASGI, before FastAPI's routing and dependencies (faster).
     # Off: FastAPI serves it, so middleware added to the app sees it too.
     fast_path: bool = True
+    # Slow and greedy clients, per worker: seconds to send a request's headers (408 and close
+    # beyond), seconds to send its body once the headers are in (408), header bytes (431 beyond),
+    # and open connections (503 beyond).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_connections: int = Field(default=1024, ge=1)
     # Where `python -m service` listens.
     host: str = "127.0.0.1"
     # uvicorn worker processes, each with its own model and batcher (None: one per core, at most 4).

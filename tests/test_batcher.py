@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, merge
-from service.engine import Batch, Engine
+from service.model.batch import Batch, merge
+from service.model.engine import Engine
+from service.pipeline.batcher import Batcher
 from service.settings import Settings
 
 from .conftest import ROOT, windows
@@ -25,7 +26,7 @@ class Recording:
     def predict(self, batch: Batch):
         if self.gate is not None:
             self.gate.wait(10)  # hold the first call so that the others queue up behind it
-        self.calls.append((len(batch.lengths), batch.x.shape[1]))
+        self.calls.append((batch.size, int(batch.lengths.max())))
         return self.engine.predict(batch)
 
 
@@ -35,13 +36,9 @@ def engine(repo: Path) -> Engine:
 
 
 def request(engine: Engine, seqs: list[np.ndarray], rng: np.random.Generator) -> Batch:
-    lengths = np.array([len(s) for s in seqs], dtype=np.int32)
-    x = np.zeros((len(seqs), lengths.max(), 4), dtype=np.float32)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = s
     h0 = (rng.standard_normal((2, len(seqs), 8)) * 0.5).astype(np.float32)
     c0 = (rng.standard_normal((2, len(seqs), 8)) * 0.5).astype(np.float32)
-    return Batch(x, h0, c0, lengths)
+    return Batch([s.astype(np.float32) for s in seqs], h0, c0)
 
 
 async def run_all(batcher: Batcher, batches: list[Batch]) -> list:
@@ -76,7 +73,7 @@ def test_limits_of_one_merged_call(engine: Engine, weather: np.ndarray, rng: np.
     rec = Recording(engine, gate)
     short = [request(engine, windows(weather, [5, 5], rng), rng) for _ in range(6)]
     long = request(engine, windows(weather, [200], rng), rng)
-    batcher = Batcher(rec, max_batch_size=6, max_padded_steps=60)  # type: ignore[arg-type]
+    batcher = Batcher(rec, max_batch_size=6, max_steps=60)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         batcher.start()
@@ -90,7 +87,7 @@ def test_limits_of_one_merged_call(engine: Engine, weather: np.ndarray, rng: np.
 
     asyncio.run(scenario())
     assert rec.calls[0] == (2, 5)
-    # At most 6 sequences and 60 padded steps a call: the 200-step sequence runs on its own.
+    # At most 6 sequences and 60 steps a call: the 200-step sequence runs on its own.
     assert all((n <= 6 and n * t <= 60) or n == 1 for n, t in rec.calls)
     assert (1, 200) in rec.calls
     assert sum(n for n, _ in rec.calls) == 13
@@ -120,13 +117,14 @@ def test_a_failing_call_fails_its_requests_and_the_worker_goes_on(engine: Engine
     asyncio.run(scenario())
 
 
-def test_merge_pads_and_keeps_order() -> None:
+def test_merge_keeps_order_and_lengths() -> None:
     z1, o2 = np.zeros((2, 1, 8), np.float32), np.ones((2, 2, 8), np.float32)
-    a = Batch(np.ones((1, 2, 4), np.float32), z1, z1, np.array([2]))
-    b = Batch(np.full((2, 5, 4), 2, np.float32), o2, o2, np.array([5, 3]))
+    a = Batch([np.ones((2, 4), np.float32)], z1, z1)
+    b = Batch([np.full((5, 4), 2, np.float32), np.full((3, 4), 3, np.float32)], o2, o2)
     m = merge([a, b])
-    assert m.x.shape == (3, 5, 4) and m.lengths.tolist() == [2, 5, 3]
-    assert (m.x[0, 2:] == 0).all() and (m.x[1] == 2).all() and m.h0[:, 1:].all() and not m.h0[:, 0].any()
+    assert m.padded().shape == (3, 5, 4) and m.lengths.tolist() == [2, 5, 3]
+    x = m.padded()
+    assert (x[0, 2:] == 0).all() and (x[1] == 2).all() and m.h0[:, 1:].all() and not m.h0[:, 0].any()
 
 
 def test_the_service_never_imports_torch(repo: Path) -> None:

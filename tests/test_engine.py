@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import repository
-from service.engine import Batch, Engine
-from service.errors import ModelLoadError
+from service.model import repository
+from service.model.batch import Batch
+from service.model.engine import Engine
+from service.model.errors import ModelLoadError
 
 from .conftest import windows
 
@@ -18,12 +19,8 @@ def engine(repo: Path) -> Engine:
 
 
 def _batch(engine: Engine, seqs: list[np.ndarray]) -> Batch:
-    lengths = np.array([len(s) for s in seqs], dtype=np.int32)
-    x = np.zeros((len(seqs), lengths.max(), 4), dtype=np.float32)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = s
     z = engine.zero_states(len(seqs))
-    return Batch(x, z, z, lengths)
+    return Batch([s.astype(np.float32) for s in seqs], z, z)
 
 
 def test_reports_the_provider_that_actually_runs(engine: Engine) -> None:

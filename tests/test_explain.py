@@ -9,7 +9,7 @@ import torch
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
-from service.explain import FIELDS, Explainer, ExplainUnavailable
+from service.model.explain import FIELDS, Explainer, ExplainUnavailable
 from training.export import load_checkpoint
 
 from .conftest import windows

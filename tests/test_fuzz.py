@@ -19,13 +19,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.engine import ModelSpec
-from service.errors import InvalidInput
-from service.payload import Limits, decode_predict
+from service.model.engine import ModelSpec
+from service.pipeline.errors import InvalidInput
+from service.pipeline.rules import Limits
+from service.protocols.rest import CODEC
 from service.settings import Settings
 
 from .conftest import app_client
 
+decode_predict = CODEC.decode
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -83,10 +85,10 @@ def test_any_valid_body_decodes_to_the_right_shapes(body: dict[str, Any]) -> Non
     call = decode_predict(orjson.dumps(body), SPEC, LIMITS)
     lengths = [len(s) for s in body["inputs"]]
     assert call.batch.lengths.tolist() == lengths
-    assert call.batch.x.shape == (len(lengths), max(lengths), 3)
+    assert call.batch.padded().shape == (len(lengths), max(lengths), 3)
     assert call.batch.h0.shape == call.batch.c0.shape == (2, len(lengths), 4)
     for i, seq in enumerate(body["inputs"]):
-        np.testing.assert_array_equal(call.batch.x[i, : len(seq)], np.asarray(seq, dtype=np.float32))
+        np.testing.assert_array_equal(call.batch.x[i], np.asarray(seq, dtype=np.float32))
     if "h0" in body:
         np.testing.assert_array_equal(call.batch.h0, np.asarray(body["h0"], dtype=np.float32).transpose(1, 0, 2))
 

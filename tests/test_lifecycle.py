@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.server.shutdown import DRAINING
 from service.settings import Settings
-from service.shutdown import DRAINING
 
 from .conftest import ROOT, app_client, running_server
 

@@ -8,11 +8,13 @@ import httpx
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
-from service.engine import Batch, Engine
-from service.errors import DeadlineExceeded, Overloaded
-from service.payload import Limits
-from service.predictor import Predictor
+from service.model.batch import Batch
+from service.model.engine import Engine
+from service.pipeline.batcher import Batcher
+from service.pipeline.dataplane import Admission, DataPlane
+from service.pipeline.errors import DeadlineExceeded, Overloaded
+from service.pipeline.rules import Limits
+from service.protocols.rest import CODEC
 from service.settings import Settings
 
 from .conftest import app_client, running_server
@@ -54,10 +56,23 @@ def body(steps: int = 3) -> bytes:
     return orjson.dumps({"inputs": [[ROW] * steps]})
 
 
+def predicting(plane: DataPlane):
+    """A /predict body in, its answer out, through the plane with the REST codec."""
+
+    async def call(raw: bytes) -> bytes:
+        async def read() -> bytes:
+            return raw
+
+        return await plane.serve(CODEC, read)
+
+    return call
+
+
 def test_a_full_queue_refuses_at_once(engine: Engine) -> None:
     gated = Gated(engine)
     batcher = Batcher(gated)  # type: ignore[arg-type]
-    predictor = Predictor(gated, LIMITS, batcher, timeout_s=10, max_queue=2)  # type: ignore[arg-type]
+    plane = DataPlane(gated, LIMITS, batcher, Admission(2), timeout_s=10)  # type: ignore[arg-type]
+    predictor = predicting(plane)
 
     async def scenario() -> None:
         batcher.start()
@@ -76,7 +91,8 @@ def test_a_full_queue_refuses_at_once(engine: Engine) -> None:
 def test_deadline_drops_queued_work(engine: Engine) -> None:
     gated = Gated(engine)
     batcher = Batcher(gated, max_batch_size=1)  # type: ignore[arg-type]
-    predictor = Predictor(gated, LIMITS, batcher, timeout_s=0.2, max_queue=8)  # type: ignore[arg-type]
+    plane = DataPlane(gated, LIMITS, batcher, Admission(8), timeout_s=0.2)  # type: ignore[arg-type]
+    predictor = predicting(plane)
 
     async def scenario() -> None:
         batcher.start()

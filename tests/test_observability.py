@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.logs import JsonFormatter
+from service.server.logs import JsonFormatter
 from service.settings import Settings
 
 from .conftest import app_client, running_server

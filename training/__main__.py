@@ -8,6 +8,8 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from service.model.contract import CONFIG_FILE, METADATA_FILE, MODEL_FILE
+
 from .train import TrainConfig
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             from .explain import plot
 
             model = Path(args.model)
-            data = args.data or json.loads((model / "metadata.json").read_text())["training"]["data"]
+            data = args.data or json.loads((model / METADATA_FILE).read_text())["training"]["data"]
             summary = plot(model, data, Path(args.out), args.start, args.steps, args.layer)
             print(json.dumps(summary, indent=2))
             print(f"wrote {args.out}")
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.version < 1:
                 parser.error("--version must be a positive integer")
             folder = export(**opts)
-            print(f"wrote {folder}/model.onnx, {folder}/metadata.json and {folder.parent}/config.pbtxt")
+            print(f"wrote {folder}/{MODEL_FILE}, {folder}/{METADATA_FILE} and {folder.parent}/{CONFIG_FILE}")
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

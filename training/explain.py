@@ -13,16 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from service.explain import Explainer
+from service.model.contract import METADATA_FILE, MODEL_FILE
+from service.model.explain import Explainer
 
 from .data import load_csv
 
 
 def explain_csv(model_dir: Path, data: str | Path) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
     """The model's metadata, the CSV's feature rows and the explanation of all of them, streamed from row 0."""
-    meta = json.loads((model_dir / "metadata.json").read_text())
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
     series = load_csv(data, meta["feature_names"], meta["target_names"])
-    explainer = Explainer.from_onnx(model_dir / "model.onnx")
+    explainer = Explainer.from_onnx(model_dir / MODEL_FILE)
     zeros = np.zeros((len(explainer.layers), explainer.hidden_size), dtype=np.float32)
     return meta, series.features, explainer.explain(series.features, zeros, zeros)
 

@@ -20,12 +20,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from service.model.contract import CONFIG_FILE, INPUTS, METADATA_FILE, MODEL_FILE, OUTPUTS, tensors
+
 from .model import LSTMForecaster, ModelConfig
 
 OPSET = 17
 MAX_ABS_DIFF = 1e-5
-INPUTS = ["x", "h0", "c0", "lengths"]
-OUTPUTS = ["y", "hn", "cn"]
 # (batch, steps, lengths or None for all full): single steps, long streams, padded mixed batches
 PARITY_CASES: list[tuple[int, int, list[int] | None]] = [
     (1, 1, None),
@@ -68,8 +68,8 @@ def to_onnx(model: LSTMForecaster) -> bytes:
             f"{tmp}/model.onnx",
             dynamo=False,  # the dynamo exporter freezes dimensions; this one gives native LSTM nodes
             opset_version=OPSET,
-            input_names=INPUTS,
-            output_names=OUTPUTS,
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
             dynamic_axes={
                 **dict.fromkeys(["x", "y"], data_axes),
                 **dict.fromkeys(["h0", "c0", "hn", "cn"], state_axes),
@@ -95,7 +95,7 @@ def parity(model: LSTMForecaster, onnx_bytes: bytes, seed: int = 0) -> float:
         lengths = np.array(lens or [t] * b, dtype=np.int32)
         with torch.no_grad():
             ref = model(*(torch.from_numpy(a) for a in (x, h0, c0, lengths)))
-        got = sess.run(OUTPUTS, {"x": x, "h0": h0, "c0": c0, "lengths": lengths})
+        got = sess.run(list(OUTPUTS), dict(zip(INPUTS, (x, h0, c0, lengths), strict=True)))
         valid = np.arange(t)[None, :] < lengths[:, None]
         worst = max(
             worst,
@@ -119,8 +119,8 @@ def metadata(model: LSTMForecaster, ckpt: dict[str, Any], name: str, version: in
         "num_layers": cfg.num_layers,
         "feature_names": train_cfg["features"],
         "target_names": train_cfg["targets"],
-        "inputs": INPUTS,
-        "outputs": OUTPUTS,
+        "inputs": list(INPUTS),
+        "outputs": list(OUTPUTS),
         "feature_means": ckpt["stats"]["x_mean"],  # of the training rows: typical raw inputs
         "opset": OPSET,
         "parity_max_abs_diff": diff,
@@ -136,25 +136,14 @@ def triton_config(model: LSTMForecaster, name: str) -> str:
     needs batch first on every tensor) stays off: max_batch_size 0 and -1 for dynamic axes.
     """
     cfg = model.cfg
-    tensors = {
-        "input": [
-            ("x", "TYPE_FP32", [-1, -1, cfg.n_features]),
-            ("h0", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
-            ("c0", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
-            ("lengths", "TYPE_INT32", [-1]),
-        ],
-        "output": [
-            ("y", "TYPE_FP32", [-1, -1, cfg.n_outputs]),
-            ("hn", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
-            ("cn", "TYPE_FP32", [cfg.num_layers, -1, cfg.hidden_size]),
-        ],
-    }
+    graph = tensors(cfg.n_features, cfg.n_outputs, cfg.hidden_size, cfg.num_layers)
+    entries = {"input": [graph[n] for n in INPUTS], "output": [graph[n] for n in OUTPUTS]}
     lines = [f'name: "{name}"', 'backend: "onnxruntime"', "max_batch_size: 0", "version_policy: { all: {} }"]
-    for kind, entries in tensors.items():
+    for kind, specs in entries.items():
         lines.append(f"{kind} [")
         body = [
-            f'  {{ name: "{n}", data_type: {t}, dims: [ {", ".join(str(d) for d in dims)} ] }}'
-            for n, t, dims in entries
+            f'  {{ name: "{t.name}", data_type: TYPE_{t.datatype}, dims: [ {", ".join(str(d) for d in t.dims)} ] }}'
+            for t in specs
         ]
         lines.append(",\n".join(body))
         lines.append("]")
@@ -178,8 +167,8 @@ def export(checkpoint: str | Path, repository: str | Path, name: str, version: i
         raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.3g} > {MAX_ABS_DIFF:g}; nothing written")
     folder = Path(repository) / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / "model.onnx", onnx_bytes)
+    _write_atomic(folder / MODEL_FILE, onnx_bytes)
     meta = metadata(model, ckpt, name, version, diff)
-    _write_atomic(folder / "metadata.json", (json.dumps(meta, indent=2) + "\n").encode())
-    _write_atomic(folder.parent / "config.pbtxt", triton_config(model, name).encode())
+    _write_atomic(folder / METADATA_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    _write_atomic(folder.parent / CONFIG_FILE, triton_config(model, name).encode())
     return folder

@@ -13,16 +13,22 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from . import schedule
+from .batch import Batch, SequenceResult
+from .contract import INPUTS, METADATA_FILE, MODEL_FILE, OUTPUTS
 from .errors import ModelLoadError
 from .explain import Explainer
-from .repository import METADATA_FILE, MODEL_FILE
 
 log = logging.getLogger("service.engine")
 
-INPUTS = ("x", "h0", "c0", "lengths")
-OUTPUTS = ("y", "hn", "cn")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 _NUMPY_TYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+_OUTPUTS = list(OUTPUTS)
+CHUNK_STEPS = 1024  # a longer sequence runs in time chunks of this many steps, its states carried
+CALL_MAX_STEPS = 32768  # sequences x padded steps of one ONNX Runtime call
+SHRINK_STEPS = 4096  # after a call larger than this, the CPU arena returns what the call took
+_SHRINK = ort.RunOptions()
+_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 @dataclass(frozen=True)
@@ -38,25 +44,6 @@ class ModelSpec:
     feature_names: list[str]
     target_names: list[str]
     metadata: dict[str, Any] = field(repr=False)
-
-
-@dataclass
-class Batch:
-    """Validated model inputs, padded: ready for ONNX Runtime."""
-
-    x: np.ndarray  # [B, T, F] float32, T = max(lengths)
-    h0: np.ndarray  # [L, B, H] float32
-    c0: np.ndarray  # [L, B, H] float32
-    lengths: np.ndarray  # [B] int, each in 1..T
-
-
-@dataclass
-class SequenceResult:
-    """One sequence's answer: exactly its own steps, and the states after its own last step."""
-
-    outputs: np.ndarray  # [T_i, O]
-    hn: np.ndarray  # [L, H]
-    cn: np.ndarray  # [L, H]
 
 
 def _read_metadata(folder: Path) -> dict[str, Any]:
@@ -125,10 +112,21 @@ def _session_options(intra_op_threads: int | None, inter_op_threads: int) -> ort
 class Engine:
     """One loaded model. ``predict`` takes a batch and returns one result per sequence, in order."""
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, folder: Path) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        folder: Path,
+        chunk_steps: int = CHUNK_STEPS,
+        call_max_steps: int = CALL_MAX_STEPS,
+    ) -> None:
         self.spec = spec
         self.session = session
         self.folder = folder
+        self.chunk_steps = chunk_steps
+        self.call_max_steps = max(call_max_steps, chunk_steps)  # a chunk of one sequence always fits
+        self.calls = 0  # ONNX Runtime calls made, and the padded steps they ran: the work really done
+        self.steps_run = 0
         self.providers: list[str] = session.get_providers()  # what actually runs, fallbacks included
         self.lengths_dtype = _NUMPY_TYPES.get({i.name: i.type for i in session.get_inputs()}["lengths"], np.int32)
         self._explainer: Explainer | None = None  # built on the first explain request
@@ -144,7 +142,13 @@ class Engine:
 
     @classmethod
     def load(
-        cls, folder: Path, provider: str = "auto", intra_op_threads: int | None = 0, inter_op_threads: int = 1
+        cls,
+        folder: Path,
+        provider: str = "auto",
+        intra_op_threads: int | None = 0,
+        inter_op_threads: int = 1,
+        chunk_steps: int = CHUNK_STEPS,
+        call_max_steps: int = CALL_MAX_STEPS,
     ) -> Engine:
         """Load <folder>/model.onnx. ``provider``: auto (CUDA where usable, else CPU), cuda (required) or cpu."""
         model_path = folder / MODEL_FILE
@@ -173,22 +177,55 @@ class Engine:
             )
         if want_cuda and actual[0] != CUDA:
             log.warning("CUDA is not usable here; ONNX Runtime fell back to %s", actual[0])
-        engine = cls(_spec(folder, meta, session), session, folder)
+        engine = cls(_spec(folder, meta, session), session, folder, chunk_steps, call_max_steps)
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine
 
     def zero_states(self, batch: int) -> np.ndarray:
         return np.zeros((self.spec.num_layers, batch, self.spec.hidden_size), dtype=np.float32)
 
+    def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """One ONNX Runtime call on a padded batch. A call larger than SHRINK_STEPS gives the memory its
+        activations took back to the system afterwards: ONNX Runtime's arena otherwise keeps its peak."""
+        feeds = dict(zip(INPUTS, (x, h0, c0, lengths.astype(self.lengths_dtype)), strict=True))
+        options = _SHRINK if x.shape[0] * x.shape[1] > SHRINK_STEPS else None
+        self.calls += 1
+        self.steps_run += x.shape[0] * x.shape[1]
+        out: list[np.ndarray] = self.session.run(_OUTPUTS, feeds, options)
+        return out
+
     def predict(self, batch: Batch) -> list[SequenceResult]:
-        feeds = {"x": batch.x, "h0": batch.h0, "c0": batch.c0, "lengths": batch.lengths.astype(self.lengths_dtype)}
-        y, hn, cn = self.session.run(list(OUTPUTS), feeds)
-        # Batch-major and contiguous, so each sequence's slice is contiguous too (fast JSON encoding).
+        """One result per sequence, in order: exactly its own steps and the states after its own last step."""
+        lengths = batch.lengths
+        longest = int(lengths.max())
+        ys: list[np.ndarray] | np.ndarray
+        if longest <= self.chunk_steps and batch.size * longest <= self.call_max_steps and lengths.min() == longest:
+            # Equal lengths that fit one call (the common case): no padding to plan.
+            ys, hn, cn = self._run(np.stack(batch.x), batch.h0, batch.c0, lengths)
+        else:
+            ys, hn, cn = self._scheduled(batch)
+        # Batch-major and contiguous, so each sequence's slice is contiguous too (fast encoding).
         hn = np.ascontiguousarray(hn.transpose(1, 0, 2))
         cn = np.ascontiguousarray(cn.transpose(1, 0, 2))
-        y = np.ascontiguousarray(y)
-        # Past a sequence's end the graph returns the head's bias, never the sequence's own output: cut it.
-        return [SequenceResult(y[i, :n], hn[i], cn[i]) for i, n in enumerate(batch.lengths.tolist())]
+        return [SequenceResult(ys[i], hn[i], cn[i]) for i in range(batch.size)]
+
+    def _scheduled(self, batch: Batch) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Sequences of unequal or great length: length groups and time chunks (``schedule``), states carried."""
+        h, c = batch.h0.copy(), batch.c0.copy()
+        ys = [np.empty((n, self.spec.output_size), dtype=np.float32) for n in batch.lengths.tolist()]
+        features = self.spec.input_size
+        for wave in schedule.plan(batch.lengths, self.chunk_steps, self.call_max_steps):
+            for call in wave:
+                x = np.zeros((len(call.rows), call.padded, features), dtype=np.float32)
+                end = call.start + call.padded
+                for r, i in enumerate(call.rows.tolist()):
+                    part = batch.x[i][call.start : end]
+                    x[r, : len(part)] = part
+                y, hn, cn = self._run(x, h[:, call.rows], c[:, call.rows], call.steps)
+                h[:, call.rows], c[:, call.rows] = hn, cn
+                for r, (i, n) in enumerate(zip(call.rows.tolist(), call.steps.tolist(), strict=True)):
+                    ys[i][call.start : call.start + n] = y[r, :n]
+        return ys, h, c
 
     def explain(self, batch: Batch) -> list[dict[str, np.ndarray]]:
         """Per sequence: gates, candidates and states [L, T_i, H] from the numpy reference (slow path)."""
@@ -196,14 +233,11 @@ class Engine:
             if self._explainer is None:
                 self._explainer = Explainer.from_onnx(self.folder / MODEL_FILE)
         explainer = self._explainer
-        return [
-            explainer.explain(batch.x[i, :n], batch.h0[:, i], batch.c0[:, i])
-            for i, n in enumerate(batch.lengths.tolist())
-        ]
+        return [explainer.explain(x, batch.h0[:, i], batch.c0[:, i]) for i, x in enumerate(batch.x)]
 
     def warmup(self) -> None:
         """One small inference, so the first request does not pay for lazy initialisation."""
-        x = np.zeros((1, 2, self.spec.input_size), dtype=np.float32)
+        x = np.zeros((2, self.spec.input_size), dtype=np.float32)
         x += np.asarray(self.spec.metadata.get("feature_means", 0.0), dtype=np.float32)
         h0 = self.zero_states(1)
-        self.predict(Batch(x, h0, h0, np.array([2])))
+        self.predict(Batch([x], h0, h0))

@@ -1,12 +1,16 @@
-"""The /predict parser: valid bodies become the right arrays; each malformed one names its place."""
+"""The /predict codec (service.protocols.rest): valid bodies become the right arrays; each malformed
+one names its place."""
 
 import numpy as np
 import orjson
 import pytest
 
-from service.engine import ModelSpec
-from service.errors import InvalidInput
-from service.payload import Limits, decode_predict
+from service.model.engine import ModelSpec
+from service.pipeline.errors import InvalidInput
+from service.pipeline.rules import Limits
+from service.protocols.rest import CODEC
+
+decode_predict = CODEC.decode
 
 SPEC = ModelSpec("m", "1", 3, 1, 2, 2, ["a", "b", "c"], ["a"], metadata={})
 # explain_max_values: 6 steps of 2 layers x 2 units
@@ -29,16 +33,16 @@ def first_error(doc: object, raw: bytes | None = None) -> dict:
 
 def test_equal_lengths() -> None:
     b = decode({"inputs": [[STEP, STEP], [STEP, [4, 5, 6]]]})
-    assert b.x.shape == (2, 2, 3) and b.x.dtype == np.float32
+    assert b.padded().shape == (2, 2, 3) and b.x[0].dtype == np.float32
     assert b.lengths.tolist() == [2, 2]
-    assert b.x[1, 1].tolist() == [4, 5, 6]
+    assert b.padded()[1, 1].tolist() == [4, 5, 6]
     assert b.h0.shape == (2, 2, 2) and not b.h0.any() and not b.c0.any()
 
 
 def test_mixed_lengths_are_padded_with_lengths() -> None:
     b = decode({"inputs": [[STEP], [STEP, STEP, [7, 8, 9]]]})
-    assert b.x.shape == (2, 3, 3) and b.lengths.tolist() == [1, 3]
-    assert b.x[1, 2].tolist() == [7, 8, 9] and not b.x[0, 1:].any()
+    assert b.padded().shape == (2, 3, 3) and b.lengths.tolist() == [1, 3]
+    assert b.padded()[1, 2].tolist() == [7, 8, 9] and not b.padded()[0, 1:].any()
 
 
 def test_states_are_transposed_to_layer_major() -> None:
@@ -50,7 +54,7 @@ def test_states_are_transposed_to_layer_major() -> None:
 
 def test_integers_and_huge_integers_are_numbers() -> None:
     b = decode({"inputs": [[[1, 2, 2**64 - 1]]]})
-    assert b.x[0, 0, 2] == np.float32(2**64 - 1)
+    assert b.padded()[0, 0, 2] == np.float32(2**64 - 1)
 
 
 @pytest.mark.parametrize(

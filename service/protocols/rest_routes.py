@@ -1,4 +1,5 @@
-"""HTTP routes: validate, ``engine.predict``, respond."""
+"""The REST routes: ``/predict`` and ``/v1/models/...`` through the ``DataPlane`` with the REST codec,
+model descriptions, health, metrics, and the WebSocket stream's route."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
-from . import metrics
-from .engine import Engine
-from .errors import UnknownModel
-from .fastpath import read_body
-from .predictor import Predictor
-from .registry import Registry
+from ..model.engine import Engine
+from ..pipeline.dataplane import DataPlane
+from ..pipeline.errors import UnknownModel
+from ..pipeline.registry import Registry
+from ..server import metrics
+from ..server.http import read_body
+from ..server.shutdown import DRAINING
+from ..settings import Settings
+from . import rest
 from .schemas import (
     ErrorResponse,
     Health,
@@ -24,9 +28,7 @@ from .schemas import (
     PredictRequest,
     PredictResponse,
 )
-from .settings import Settings
-from .shutdown import DRAINING
-from .stream import POLICY, TRY_LATER, serve_stream
+from .websocket import POLICY, TRY_LATER, refuse, serve_stream
 
 
 async def get_engine(request: Request) -> Engine:
@@ -36,10 +38,10 @@ async def get_engine(request: Request) -> Engine:
     return engine
 
 
-async def get_predictor(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> Predictor:
+async def get_plane(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> DataPlane:
     # `engine` is here for get_engine's 503 while the model loads
-    predictor: Predictor = request.app.state.predictor
-    return predictor
+    plane: DataPlane = request.app.state.plane
+    return plane
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -49,7 +51,7 @@ async def get_app_settings(request: Request) -> Settings:
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 
 
 async def get_registry(request: Request, engine: EngineDep) -> Registry:
@@ -85,15 +87,14 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such mode
 V1_PREDICT_DOCS = {**PREDICT_DOCS, "responses": {**PREDICT_DOCS["responses"], **NOT_FOUND}}
 
 
-async def serve_predict(request: Request, predictor: Predictor) -> Response:
-    body = await read_body(request.scope, request.receive, predictor.limits.max_body_bytes)
-    if body is None:
-        raise HTTPException(status_code=400, detail="the client disconnected before sending the whole body")
-    return Response(await predictor(body), media_type="application/json")
+async def serve_predict(request: Request, plane: DataPlane) -> Response:
+    limit, timeout = plane.limits.max_body_bytes, request.app.state.settings.body_timeout_s
+    answer = await plane.serve(rest.CODEC, lambda: read_body(request.scope, request.receive, limit, timeout))
+    return Response(answer, media_type="application/json")
 
 
 @router.post("/predict", summary="Run a batch of sequences on the default model", **PREDICT_DOCS)
-async def predict(request: Request, predictor: PredictorDep) -> Response:
+async def predict(request: Request, plane: PlaneDep) -> Response:
     """Sequences go in with optional initial states; per-step outputs and final states come back.
 
     To stream a long sequence, send it in chunks and pass each answer's `hn` and `cn`
@@ -105,7 +106,7 @@ async def predict(request: Request, predictor: PredictorDep) -> Response:
     """
     # With LSTM_FAST_PATH on (the default) PredictFastPath answers this route before FastAPI
     # sees it, with the same pipeline; this handler serves it when the fast path is off.
-    return await serve_predict(request, predictor)
+    return await serve_predict(request, plane)
 
 
 @router.post("/v1/models/{name}/predict", summary="Run a batch on a model of the repository", **V1_PREDICT_DOCS)
@@ -207,15 +208,15 @@ async def prometheus(settings: SettingsDep) -> Response:
 
 @router.websocket("/v1/models/{name}/stream")
 async def stream(ws: WebSocket, name: str) -> None:
-    """Stream chunks over one connection that keeps the LSTM states (see service/stream.py)."""
+    """Stream chunks over one connection that keeps the LSTM states (see service/protocols/websocket.py)."""
     registry: Registry | None = getattr(ws.app.state, "registry", None)
     if registry is None:
-        await ws.close(TRY_LATER, "model not loaded yet")
+        await refuse(ws, TRY_LATER, "model not loaded yet")
         return
     try:
-        predictor = registry.get(name)
+        plane = registry.get(name)
     except UnknownModel as e:
-        await ws.close(POLICY, str(e)[:120])
+        await refuse(ws, POLICY, str(e))
         return
     s: Settings = ws.app.state.settings
-    await serve_stream(ws, predictor, ws.app.state.stream_connections, s.stream_max_streams, s.stream_idle_s)
+    await serve_stream(ws, plane, ws.app.state.stream_connections, s.stream_max_streams, s.stream_idle_s)

@@ -4,7 +4,8 @@
 token, else a new one), echoed on the answer; one structured log line per request with status
 and duration, never the input data; request metrics.
 ``ApiKeyAuth``: with API keys configured, ``Authorization: Bearer <key>`` on every route but
-health and metrics, compared in constant time; 401 otherwise, the same for every failure.
+health (``/health/*``, ``/v2/health/*``) and metrics, compared in constant time; 401 otherwise,
+the same for every failure.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from . import metrics
 
 log = logging.getLogger("service.access")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
+OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 
 
 _PREFIX = os.urandom(10).hex()  # per process: ids of different workers never collide

@@ -10,17 +10,16 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from ..model.engine import ModelSpec
+from ..model.errors import ExplainUnavailable
+from ..pipeline.errors import InvalidInput, ServiceError, error
+from ..pipeline.registry import Registry
+from ..server.http import read_body
+from ..server.shutdown import DRAINING
 from . import oip
-from .engine import ModelSpec
-from .errors import SERVICE_ERRORS, ProtocolError, ServiceError, error_body
-from .fastpath import read_body
-from .predictor import INLINE_DECODE_BYTES
-from .registry import Registry
-from .routes import get_registry
-from .shutdown import DRAINING
+from .rest_routes import get_registry
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 RegistryDep = Annotated[Registry, Depends(get_registry)]
@@ -29,6 +28,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in [
         (400, 'A malformed request, or tensors that do not fit the model: `{"error": "..."}`.'),
         (404, "No such model or version."),
+        (408, "The body did not arrive in time."),
         (413, "The body exceeds the size limit."),
         (503, "Not ready, or too many requests in progress."),
         (504, "The request ran past its deadline."),
@@ -36,13 +36,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def protocol_error(exc: ServiceError | ProtocolError) -> JSONResponse:
-    if isinstance(exc, ProtocolError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    status, body, headers = error_body(exc)
-    detail = body["detail"]
-    message = detail if isinstance(detail, str) else "; ".join(f"{e['loc']}: {e['msg']}" for e in detail)
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def protocol_error(exc: ServiceError | ExplainUnavailable) -> Response:
+    status, body, headers = oip.error_response(exc)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 @router.get("/health/live", summary="Server live")
@@ -61,18 +57,21 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": "lstm-service", "version": request.app.version, "extensions": ["binary_tensor_data"]}
 
 
-def _tensor_schema(required: list[str]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": required,
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"type": "string", "enum": list(oip.DATATYPES)},
-            "parameters": {"type": "object"},
-            "data": {"type": "array"},
-        },
-    }
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` written in place, to embed in the OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined
 
 
 INFER_DOCS: dict[str, Any] = {
@@ -82,18 +81,7 @@ INFER_DOCS: dict[str, Any] = {
             "description": "Output tensors y, hn and cn; with binary outputs asked for, the JSON header is followed "
             "by their bytes (`Inference-Header-Content-Length` gives the header's length).",
             "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["model_name", "outputs"],
-                        "properties": {
-                            "model_name": {"type": "string"},
-                            "model_version": {"type": "string"},
-                            "id": {"type": "string"},
-                            "outputs": {"type": "array", "items": _tensor_schema(["name", "shape", "datatype"])},
-                        },
-                    }
-                },
+                "application/json": {"schema": _inline(oip.InferenceResponse.model_json_schema())},
                 "application/octet-stream": {},
             },
         },
@@ -102,22 +90,7 @@ INFER_DOCS: dict[str, Any] = {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["inputs"],
-                        "properties": {
-                            "id": {"type": "string"},
-                            "parameters": {"type": "object"},
-                            "inputs": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": _tensor_schema(["name", "shape", "datatype"]),
-                            },
-                            "outputs": {"type": "array", "items": _tensor_schema(["name"])},
-                        },
-                    },
-                },
+                "application/json": {"schema": _inline(oip.InferenceRequest.model_json_schema())},
                 "application/octet-stream": {},
             },
         }
@@ -138,7 +111,7 @@ async def version_metadata(name: str, version: str, registry: RegistryDep) -> Re
 def _about(registry: Registry, name: str, version: str | None, answer: Callable[[ModelSpec], Any]) -> Response:
     try:
         spec = registry.get(name, version).engine.spec
-    except SERVICE_ERRORS as exc:
+    except ServiceError as exc:
         return protocol_error(exc)
     return JSONResponse(answer(spec))
 
@@ -178,24 +151,25 @@ async def infer_version(request: Request, name: str, version: str, registry: Reg
     return await _infer(request, registry, name, version)
 
 
+def _header_length(request: Request) -> int | None:
+    declared = request.headers.get(oip.HEADER_LENGTH)
+    if declared is None:
+        return None
+    if not declared.isdigit() or len(declared) > 18:
+        msg = f"{declared!r} is not a byte count"
+        raise InvalidInput([error(("headers", oip.HEADER_LENGTH), msg, "header_length")])
+    return int(declared)
+
+
 async def _infer(request: Request, registry: Registry, name: str, version: str | None) -> Response:
     try:
-        predictor = registry.get(name, version)
-        body = await read_body(request.scope, request.receive, predictor.limits.max_body_bytes)
-        if body is None:
-            return Response(status_code=400)
-        declared = request.headers.get(oip.HEADER_LENGTH)
-        if declared is not None and not declared.isdigit():
-            raise ProtocolError(f"Inference-Header-Content-Length {declared!r} is not a number")
-        header_length = int(declared) if declared is not None else None
-        if len(body) <= INLINE_DECODE_BYTES:
-            req = oip.parse_infer(body, header_length)
-        else:
-            req = await run_in_threadpool(oip.parse_infer, body, header_length)
-        batch = oip.to_batch(req, predictor.engine.spec, predictor.limits)
-        results = await predictor.run(batch)
-        answer, answer_header = oip.encode_infer(req, predictor.engine.spec, results, batch)
-    except (*SERVICE_ERRORS, ProtocolError) as exc:
+        plane = registry.get(name, version)
+        codec = oip.OipCodec(_header_length(request))
+        limit, timeout = plane.limits.max_body_bytes, request.app.state.settings.body_timeout_s
+        answer, answer_header = await plane.serve(
+            codec, lambda: read_body(request.scope, request.receive, limit, timeout)
+        )
+    except (ServiceError, ExplainUnavailable) as exc:
         return protocol_error(exc)
     if answer_header is None:
         return Response(answer, media_type="application/json")

@@ -1,13 +1,11 @@
-"""The model repository on disk: ``<root>/<name>/<version>/{model.onnx,metadata.json}`` (Triton's layout)."""
+"""Finding models in a repository on disk (the layout is in ``contract``): names, versions, the one to serve."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .contract import MODEL_FILE
 from .errors import ModelLoadError
-
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
 
 
 def versions(root: Path, name: str) -> list[int]:

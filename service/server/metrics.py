@@ -5,6 +5,7 @@ to shared files, and ``/metrics`` adds them up, whichever worker answers."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,9 +40,14 @@ QUEUE_DEPTH = Gauge(
     "Requests admitted: being decoded, queued for the model, or running.",
     multiprocess_mode="livesum",
 )
-REJECTED = Counter("lstm_rejected_requests_total", "Requests refused before the model ran, by reason.", ["reason"])
+REJECTED = Counter(
+    "lstm_rejected_requests_total",
+    "Requests refused before the model ran, by reason (queue_full, deadline, unauthorized, slow_headers, "
+    "large_headers).",
+    ["reason"],
+)
 MODEL_INFO = Gauge(
-    "lstm_model_info", "The served model (always 1).", ["name", "version", "provider"], multiprocess_mode="max"
+    "lstm_model_info", "The served model (always 1).", ["name", "version", "provider"], multiprocess_mode="livemax"
 )
 
 
@@ -56,9 +62,28 @@ def route_label(path: str) -> str:
     return "other"
 
 
+def forget_dead_workers(folder: str) -> list[int]:
+    """Remove the live gauges of worker processes that are gone (killed, crashed, replaced), so their last
+    values do not linger in the sums; their counters stay, as Prometheus counters must. Returns their pids."""
+    dead = []
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.append(pid)
+        except PermissionError:  # alive, under another user
+            pass
+    for pid in set(dead):
+        multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+    return sorted(set(dead))
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics page and its content type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        forget_dead_workers(folder)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

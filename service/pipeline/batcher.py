@@ -1,10 +1,11 @@
 """Dynamic batching: concurrent predict calls merged into one ONNX Runtime call, split back in order.
 
 One worker thread owns the model. While it runs a batch, new calls queue up; when
-it is done it takes everything queued that fits (sequences, padded steps) and runs
-it as one padded batch with per-sequence lengths, so every sequence still gets
-exactly its own results. An idle worker starts at once: batching adds no wait to a
-lone request unless ``max_delay_s`` asks the worker to linger for company.
+it is done it takes everything queued that fits (sequences, real steps) and hands
+it to the engine as one batch, which groups the sequences by length and runs long
+ones in time chunks (``model.schedule``), so every sequence still gets exactly its
+own results. An idle worker starts at once: batching adds no wait to a lone request
+unless ``max_delay_s`` asks the worker to linger for company.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from . import metrics
-from .engine import Batch, Engine, SequenceResult
+from ..model.batch import Batch, SequenceResult, merge
+from ..model.engine import CALL_MAX_STEPS, Engine
+from ..server import metrics
 
 log = logging.getLogger("service.batcher")
 
@@ -30,30 +30,11 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[SequenceResult]]
     size: int = field(init=False)  # sequences
-    steps: int = field(init=False)  # padded length
+    steps: int = field(init=False)  # real steps
 
     def __post_init__(self) -> None:
-        self.size = len(self.batch.lengths)
-        self.steps = int(self.batch.x.shape[1])
-
-
-def merge(batches: list[Batch]) -> Batch:
-    """One padded batch of all sequences, in order."""
-    if len(batches) == 1:
-        return batches[0]
-    steps = max(b.x.shape[1] for b in batches)
-    total = sum(len(b.lengths) for b in batches)
-    x = np.zeros((total, steps, batches[0].x.shape[2]), dtype=np.float32)
-    row = 0
-    for b in batches:
-        x[row : row + len(b.lengths), : b.x.shape[1]] = b.x
-        row += len(b.lengths)
-    return Batch(
-        x=x,
-        h0=np.concatenate([b.h0 for b in batches], axis=1),
-        c0=np.concatenate([b.c0 for b in batches], axis=1),
-        lengths=np.concatenate([b.lengths for b in batches]),
-    )
+        self.size = self.batch.size
+        self.steps = self.batch.steps
 
 
 def _resolve(future: asyncio.Future[list[SequenceResult]], result: list[SequenceResult] | BaseException) -> None:
@@ -71,12 +52,14 @@ class Batcher:
         engine: Engine,
         max_batch_size: int = 64,
         max_delay_s: float = 0.0,
-        max_padded_steps: int | None = None,
+        max_steps: int = CALL_MAX_STEPS,
     ) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size  # sequences in one merged call (a larger request runs alone)
         self.max_delay_s = max_delay_s  # how long a non-full batch may wait for more calls
-        self.max_padded_steps = max_padded_steps  # sequences x padded length of one merged call
+        # Real steps of one merged call (a larger request runs alone), so that small requests are not
+        # held up behind a long one.
+        self.max_steps = max_steps
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._held: _Job | None = None  # a job that did not fit the last batch: first in the next
         self._thread = threading.Thread(target=self._work, name="lstm-batcher", daemon=True)
@@ -103,10 +86,7 @@ class Batcher:
         return await job.future
 
     def _fits(self, size: int, steps: int, job: _Job) -> bool:
-        if size + job.size > self.max_batch_size:
-            return False
-        budget = self.max_padded_steps
-        return budget is None or (size + job.size) * max(steps, job.steps) <= budget
+        return size + job.size <= self.max_batch_size and steps + job.steps <= self.max_steps
 
     def _collect(self, first: _Job) -> list[_Job]:
         jobs, size, steps = [first], first.size, first.steps
@@ -127,7 +107,7 @@ class Batcher:
                 self._held = job
                 break
             jobs.append(job)
-            size, steps = size + job.size, max(steps, job.steps)
+            size, steps = size + job.size, steps + job.steps
         return jobs
 
     def _work(self) -> None:
@@ -148,7 +128,7 @@ class Batcher:
                 log.exception("batched inference failed")
                 results = e
             metrics.INFERENCE.observe(time.perf_counter() - start)
-            metrics.BATCH_SIZE.observe(len(merged.lengths))
+            metrics.BATCH_SIZE.observe(merged.size)
             row = 0
             for job in jobs:
                 part = results if isinstance(results, BaseException) else results[row : row + job.size]

@@ -1,0 +1,48 @@
+"""The one definition of what a served model is on disk and in its graph, used by training and serving.
+
+A model repository is Triton's layout::
+
+    <repository>/<name>/config.pbtxt               Triton's configuration (written by export)
+    <repository>/<name>/<version>/model.onnx       the graph
+    <repository>/<name>/<version>/metadata.json    sizes, names, statistics and figures
+
+The graph's signature is ``(x, h0, c0, lengths) -> (y, hn, cn)``: data batch first,
+states ``[layers, batch, hidden]`` (batch second, as ONNX's LSTM node keeps them).
+This module imports nothing heavy: training, export and the service all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+CONFIG_FILE = "config.pbtxt"
+
+INPUTS = ("x", "h0", "c0", "lengths")
+OUTPUTS = ("y", "hn", "cn")
+STATES = ("h0", "c0")  # given together or not at all
+FINAL_STATES = ("hn", "cn")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # the Open Inference Protocol's name: FP32, INT32
+    dims: tuple[int, ...]  # -1: any size (batch, steps)
+    meaning: str
+
+
+def tensors(input_size: int, output_size: int, hidden_size: int, num_layers: int) -> dict[str, TensorSpec]:
+    """Every input and output of the graph, by name, in signature order (inputs, then outputs)."""
+    state = (num_layers, -1, hidden_size)
+    specs = [
+        TensorSpec("x", "FP32", (-1, -1, input_size), "batch, steps, features"),
+        TensorSpec("h0", "FP32", state, "layers, batch, hidden"),
+        TensorSpec("c0", "FP32", state, "layers, batch, hidden"),
+        TensorSpec("lengths", "INT32", (-1,), "batch"),
+        TensorSpec("y", "FP32", (-1, -1, output_size), "batch, steps, outputs"),
+        TensorSpec("hn", "FP32", state, "layers, batch, hidden"),
+        TensorSpec("cn", "FP32", state, "layers, batch, hidden"),
+    ]
+    return {t.name: t for t in specs}

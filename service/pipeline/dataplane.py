@@ -1,0 +1,111 @@
+"""The request path every protocol shares: admit, read, decode, infer, encode, within one deadline.
+
+A protocol is a codec (``Codec``): it turns its wire format into a ``Call`` (the validated batch)
+and results back into its wire format. Everything between lives here, once: admission (503 beyond
+``max_queue`` requests per worker, counted from before the body is read), the deadline (504, over
+reading and decoding the body too), decoding large bodies off the event loop, batching, the engine
+and the explanation path. Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+
+from ..model.batch import Batch, SequenceResult
+from ..model.engine import Engine, ModelSpec
+from ..server import metrics
+from .batcher import Batcher
+from .errors import DeadlineExceeded, Overloaded
+from .rules import Limits
+
+INLINE_DECODE_BYTES = 256 * 1024  # larger bodies are decoded off the event loop
+A = TypeVar("A", covariant=True)
+C = TypeVar("C")
+
+
+@dataclass
+class Call(Generic[C]):
+    """A decoded request: the validated batch, and what its codec needs to answer it."""
+
+    batch: Batch
+    explain: bool = False  # also return per-step gates and states
+    context: C | None = None  # the codec's own: requested outputs, a stream's name
+
+
+@dataclass
+class Outcome:
+    results: list[SequenceResult]  # one per sequence, in order
+    explanations: list[dict[str, Any]] | None = None
+
+
+class Codec(Protocol[A]):
+    """One protocol's wire format around the shared path."""
+
+    def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[Any]: ...
+
+    def encode(self, call: Call[Any], outcome: Outcome, spec: ModelSpec) -> A: ...
+
+
+@dataclass
+class Admission:
+    """Requests admitted at once by this worker, over every model and protocol."""
+
+    limit: int
+    admitted: int = 0
+
+    def enter(self) -> None:
+        if self.admitted >= self.limit:
+            metrics.REJECTED.labels("queue_full").inc()
+            raise Overloaded(f"{self.admitted} requests are in progress, the most this worker admits; retry shortly")
+        self.admitted += 1
+        metrics.QUEUE_DEPTH.inc()
+
+    def leave(self) -> None:
+        self.admitted -= 1
+        metrics.QUEUE_DEPTH.dec()
+
+
+@dataclass
+class DataPlane:
+    """One model version's request path."""
+
+    engine: Engine
+    limits: Limits
+    batcher: Batcher | None  # None: each request runs alone in a worker thread
+    admission: Admission
+    timeout_s: float = 30.0  # deadline of one request, from its admission
+    steps: int = field(default=0, init=False)  # real steps served (tests compare it with the engine's)
+
+    async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
+        """Admit, then read, decode, infer and encode within the deadline."""
+        self.admission.enter()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await read()
+                spec = self.engine.spec
+                if len(body) <= INLINE_DECODE_BYTES:
+                    call = codec.decode(body, spec, self.limits)
+                else:
+                    call = await run_in_threadpool(codec.decode, body, spec, self.limits)
+                outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
+                return codec.encode(call, outcome, spec)
+        except TimeoutError:
+            metrics.REJECTED.labels("deadline").inc()
+            raise DeadlineExceeded(f"The request took longer than its {self.timeout_s:g} s deadline") from None
+        finally:
+            self.admission.leave()
+
+    async def infer(self, call: Call[Any]) -> Outcome:
+        self.steps += call.batch.steps
+        if self.batcher is not None:
+            results = await self.batcher.predict(call.batch)  # cancelled at the deadline: dropped if still queued
+        else:
+            results = await run_in_threadpool(self.engine.predict, call.batch)
+        if not call.explain:
+            return Outcome(results)
+        return Outcome(results, await run_in_threadpool(self.engine.explain, call.batch))

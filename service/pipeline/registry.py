@@ -1,0 +1,79 @@
+"""Every model and version of the repository, loaded, each with its own batcher and ``DataPlane``.
+
+``/predict`` and ``/model`` use the default model (``LSTM_MODEL_NAME``, or the repository's only
+model; its latest version unless ``LSTM_MODEL_VERSION`` pins one); ``/v1/models/{name}/...``,
+``/v2/models/{name}/...`` and the WebSocket stream pick any other. All of them share one admission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import repository
+from ..model.engine import Engine
+from ..server import metrics
+from ..settings import Settings
+from .batcher import Batcher
+from .dataplane import Admission, DataPlane
+from .errors import UnknownModel
+from .rules import Limits
+
+
+@dataclass
+class Registry:
+    planes: dict[tuple[str, str], DataPlane]  # (name, version) -> request path
+    default: tuple[str, str]
+    admission: Admission
+
+    @classmethod
+    def load(cls, s: Settings) -> Registry:
+        """Load and warm every model version (blocking: call it off the event loop)."""
+        default_folder = repository.resolve(s.model_repository, s.model_name, s.model_version)
+        limits = Limits(s.max_batch_size, s.max_steps, s.explain_max_values, s.max_body_bytes, s.max_total_values)
+        admission = Admission(s.max_queue)
+        planes: dict[tuple[str, str], DataPlane] = {}
+        for name in repository.model_names(s.model_repository):
+            for version in repository.versions(s.model_repository, name):
+                folder = s.model_repository / name / str(version)
+                engine = Engine.load(
+                    folder, s.provider, s.intra_op_threads, s.inter_op_threads, s.chunk_steps, s.call_max_steps
+                )
+                engine.warmup()
+                batcher = None
+                if s.batching:
+                    batcher = Batcher(engine, s.batch_max_size, s.batch_max_delay_ms / 1000, s.call_max_steps)
+                planes[(name, str(version))] = DataPlane(engine, limits, batcher, admission, s.request_timeout_s)
+                metrics.MODEL_INFO.labels(name, str(version), engine.provider).set(1)
+        return cls(planes, (default_folder.parent.name, default_folder.name), admission)
+
+    def start(self) -> None:
+        for p in self.planes.values():
+            if p.batcher is not None:
+                p.batcher.start()
+
+    def stop(self) -> None:
+        for p in self.planes.values():
+            if p.batcher is not None:
+                p.batcher.stop()
+
+    @property
+    def default_plane(self) -> DataPlane:
+        return self.planes[self.default]
+
+    def versions(self, name: str) -> list[str]:
+        found = sorted((v for n, v in self.planes if n == name), key=int)
+        if not found:
+            raise UnknownModel(f"No model {name!r}; models: {', '.join(self.names())}")
+        return found
+
+    def names(self) -> list[str]:
+        return sorted({n for n, _ in self.planes})
+
+    def get(self, name: str, version: str | None = None) -> DataPlane:
+        """A model's request path: the pinned version for the default model, else the latest, unless asked."""
+        versions = self.versions(name)
+        if version is None:
+            version = self.default[1] if name == self.default[0] else versions[-1]
+        if (name, version) not in self.planes:
+            raise UnknownModel(f"Model {name!r} has no version {version}; versions: {', '.join(versions)}")
+        return self.planes[(name, version)]

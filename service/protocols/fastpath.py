@@ -1,0 +1,42 @@
+"""ASGI middleware that serves ``POST /predict`` without FastAPI's per-request machinery.
+
+Routing, dependency injection and response objects cost more than the model for a
+small streaming chunk. This answers the one hot route straight from the ASGI
+messages, through the same ``DataPlane`` and REST codec as the documented FastAPI
+route; every other request passes through untouched.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..model.errors import ExplainUnavailable
+from ..pipeline.dataplane import DataPlane
+from ..pipeline.errors import ServiceError
+from ..server.http import read_body, respond
+from . import rest
+
+
+class PredictFastPath:
+    def __init__(self, app: ASGIApp, path: str = "/predict") -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        plane: DataPlane | None = getattr(state, "plane", None)
+        if plane is None:
+            await respond(send, 503, orjson.dumps({"detail": "model not loaded yet"}))
+            return
+        limit, timeout = plane.limits.max_body_bytes, state.settings.body_timeout_s
+        try:
+            answer = await plane.serve(rest.CODEC, lambda: read_body(scope, receive, limit, timeout))
+        except (ServiceError, ExplainUnavailable) as exc:
+            status, detail, headers = rest.error_response(exc)
+            await respond(send, status, orjson.dumps(detail), headers)
+            return
+        await respond(send, 200, answer)

@@ -1,0 +1,298 @@
+"""The Open Inference Protocol codec (the "V2" protocol of KServe, Triton and MLServer), REST flavour:
+request and response bodies, JSON tensor data and the binary tensor data extension.
+
+Inputs are the graph's own (``model.contract``): ``x`` [batch, steps, features], optional ``h0``
+and ``c0`` [layers, batch, hidden] (both or neither; zeros when absent) and optional ``lengths``
+[batch] (each sequence's steps; all of ``steps`` when absent). Outputs: ``y`` [batch, steps,
+outputs], zero past each sequence's length, and ``hn``, ``cn`` [layers, batch, hidden] after each
+sequence's own last step. The JSON envelope is checked by the pydantic models below (which also
+document it in OpenAPI); tensor data by the pipeline's rules. Errors: ``{"error": "..."}`` naming
+the field and index at fault, 400 for invalid input. Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from ..model.batch import Batch
+from ..model.contract import FINAL_STATES, INPUTS, OUTPUTS, tensors
+from ..model.engine import ModelSpec
+from ..model.errors import ExplainUnavailable
+from ..pipeline import rules
+from ..pipeline.dataplane import Call, Outcome
+from ..pipeline.errors import InvalidInput, ServiceError, error
+from ..pipeline.rules import Limits
+
+HEADER_LENGTH = "inference-header-content-length"
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+}
+PLACES = rules.Places(x=("x",), h0=("h0",), c0=("c0",))
+# Triton's sequence extension: its parameters must never be taken for a stateless request.
+SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+Size = Annotated[StrictInt, Field(ge=0)]
+
+
+class _Parameters(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the protocol's parameters are open; unknown ones are ignored
+
+
+class RequestParameters(_Parameters):
+    binary_data_output: StrictBool | None = Field(default=None, description="Every output as binary data.")
+
+
+class InputParameters(_Parameters):
+    binary_data_size: Size | None = Field(default=None, description="Bytes of this tensor after the JSON header.")
+
+
+class OutputParameters(_Parameters):
+    binary_data: StrictBool | None = Field(default=None, description="This output as binary data.")
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr = Field(description="One of the model's inputs: x, h0, c0, lengths.")
+    shape: list[Size]
+    datatype: StrictStr = Field(description=f"One of {', '.join(DATATYPES)}.")
+    parameters: InputParameters | None = None
+    data: list[Any] | None = Field(default=None, description="Row-major values, flat or nested.")
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr = Field(description="One of the model's outputs: y, hn, cn.")
+    parameters: OutputParameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr | None = None
+    parameters: RequestParameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[float] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+@dataclass
+class Answer:
+    """What the response needs of the request: its outputs, which of them binary, its id, its padded length."""
+
+    outputs: list[str]
+    binary: set[str]
+    id: str | None
+    steps: int
+
+
+def _envelope(doc: Any) -> InferenceRequest:
+    try:
+        return InferenceRequest.model_validate(doc)
+    except ValidationError as e:
+        raise InvalidInput(
+            [error(tuple(err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)][:20]
+        ) from None
+
+
+def _booleans(value: Any) -> int:
+    """Boolean literals in the envelope (everything but tensor data)."""
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, dict):
+        return sum(_booleans(v) for k, v in value.items() if k != "data")
+    if isinstance(value, list):
+        return sum(_booleans(v) for v in value)
+    return 0
+
+
+class OipCodec:
+    """One /v2 inference request; ``header_length`` is its Inference-Header-Content-Length, if any."""
+
+    def __init__(self, header_length: int | None) -> None:
+        self.header_length = header_length
+
+    def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[Answer]:
+        header, binary = self._split(body)
+        doc = rules.load_json(header, ())
+        req = _envelope(doc)
+        exact = rules.may_hold_booleans(header, _booleans(doc))
+        for key in SEQUENCE_PARAMETERS:
+            if req.parameters is not None and key in (req.parameters.model_extra or {}):
+                msg = "This server holds no sequence state: send h0 and c0 with each chunk instead"
+                raise InvalidInput([error(("parameters", key), msg, "unsupported")])
+        arrays: dict[str, np.ndarray] = {}
+        offset = 0
+        for i, tensor in enumerate(req.inputs):
+            loc: tuple[str | int, ...] = ("inputs", i)
+            if tensor.name not in INPUTS:
+                msg = f"Unknown input {tensor.name!r}; the model takes {', '.join(INPUTS)}"
+                raise InvalidInput([error((*loc, "name"), msg, "unknown_input")])
+            if tensor.name in arrays:
+                raise InvalidInput([error((*loc, "name"), f"Input {tensor.name!r} is given twice", "duplicate")])
+            dtype = DATATYPES.get(tensor.datatype)
+            if dtype is None:
+                msg = f"Datatype {tensor.datatype!r} is not one of {', '.join(DATATYPES)}"
+                raise InvalidInput([error((*loc, "datatype"), msg, "datatype")])
+            count = math.prod(tensor.shape)
+            size = tensor.parameters.binary_data_size if tensor.parameters is not None else None
+            if size is not None:
+                if tensor.data is not None:
+                    raise InvalidInput([error((*loc, "data"), "Give data or binary_data_size, not both", "both")])
+                if size != count * dtype.itemsize or offset + size > len(binary):
+                    msg = f"{size} bytes do not hold shape {tensor.shape} of {tensor.datatype}, or run past the body"
+                    raise InvalidInput([error((*loc, "parameters", "binary_data_size"), msg, "binary_size")])
+                array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(tensor.shape)
+                offset += size
+            else:
+                if tensor.data is None:
+                    raise InvalidInput([error((*loc, "data"), "Field required (or binary_data_size)", "missing")])
+                flat = rules.json_tensor_data(tensor.data, (*loc, "data"), dtype, exact)
+                if flat.size != count:
+                    msg = f"{flat.size} values for shape {tensor.shape} ({count} values)"
+                    raise InvalidInput([error((*loc, "data"), msg, "shape")])
+                array = flat.reshape(tensor.shape)
+            arrays[tensor.name] = array
+        if offset != len(binary):
+            msg = f"{len(binary) - offset} bytes of binary data after the last tensor"
+            raise InvalidInput([error(("body",), msg, "binary_size")])
+        outputs, wanted_binary = _requested_outputs(req)
+        batch = _batch(arrays, spec, limits)
+        steps = arrays["x"].shape[1]
+        return Call(batch, context=Answer(outputs, wanted_binary, req.id, steps))
+
+    def _split(self, body: bytes) -> tuple[bytes, bytes]:
+        n = self.header_length
+        if n is None:
+            return body, b""
+        if not 0 < n <= len(body):
+            msg = f"Inference-Header-Content-Length {n} is outside the body ({len(body)} bytes)"
+            raise InvalidInput([error(("headers", HEADER_LENGTH), msg, "header_length")])
+        return body[:n], body[n:]
+
+    def encode(self, call: Call[Answer], outcome: Outcome, spec: ModelSpec) -> tuple[bytes, int | None]:
+        """The response body and, when any output is binary, the JSON header's length."""
+        answer_of = call.context
+        assert answer_of is not None
+        results = outcome.results
+        arrays: dict[str, np.ndarray] = {}
+        if "y" in answer_of.outputs:
+            y = np.zeros((len(results), answer_of.steps, spec.output_size), dtype=np.float32)
+            for i, r in enumerate(results):
+                y[i, : len(r.outputs)] = r.outputs
+            arrays["y"] = y
+        for name, field in zip(FINAL_STATES, ("hn", "cn"), strict=True):
+            if name in answer_of.outputs:
+                arrays[name] = np.ascontiguousarray(np.stack([getattr(r, field) for r in results], axis=1))
+        entries, blobs = [], []
+        for name in answer_of.outputs:
+            array = arrays[name]
+            entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+            if name in answer_of.binary:
+                blob = array.astype("<f4").tobytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = array.ravel()
+            entries.append(entry)
+        answer: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version, "outputs": entries}
+        if answer_of.id is not None:
+            answer["id"] = answer_of.id
+        header = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+        if not blobs:
+            return header, None
+        return header + b"".join(blobs), len(header)
+
+
+def _requested_outputs(req: InferenceRequest) -> tuple[list[str], set[str]]:
+    all_binary = bool(req.parameters and req.parameters.binary_data_output)
+    if req.outputs is None:
+        return list(OUTPUTS), set(OUTPUTS) if all_binary else set()
+    names, binary = [], set()
+    for i, out in enumerate(req.outputs):
+        if out.name not in OUTPUTS:
+            msg = f"Unknown output {out.name!r}; the model gives {', '.join(OUTPUTS)}"
+            raise InvalidInput([error(("outputs", i, "name"), msg, "unknown_output")])
+        names.append(out.name)
+        asked = out.parameters.binary_data if out.parameters is not None else None
+        if all_binary if asked is None else asked:
+            binary.add(out.name)
+    return names, binary
+
+
+def _float(arrays: dict[str, np.ndarray], name: str, shape: tuple[int | None, ...], meaning: str) -> np.ndarray:
+    array = arrays[name]
+    if array.dtype.kind != "f":
+        raise InvalidInput([error((name,), f"Should be FP32 or FP64, not {array.dtype.name}", "datatype")])
+    rules.check_shape(array, (name,), shape, meaning)
+    return rules.finite_float32(array, (name,))
+
+
+def _batch(arrays: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Batch:
+    """The tensors as the pipeline's batch: each sequence cut to its own length, so padding costs nothing."""
+    graph = tensors(spec.input_size, spec.output_size, spec.hidden_size, spec.num_layers)
+    if "x" not in arrays:
+        raise InvalidInput([error(("inputs",), "Input 'x' is required", "missing")])
+    x = _float(arrays, "x", (None, None, spec.input_size), graph["x"].meaning)
+    batch, steps = x.shape[:2]
+    state = (spec.num_layers, batch, spec.hidden_size)
+    h0 = _float(arrays, "h0", state, graph["h0"].meaning) if "h0" in arrays else None
+    c0 = _float(arrays, "c0", state, graph["c0"].meaning) if "c0" in arrays else None
+    lengths = arrays.get("lengths")
+    if lengths is None:
+        seqs = list(x)
+    else:
+        if lengths.dtype.kind != "i":
+            raise InvalidInput([error(("lengths",), "Should be INT32 or INT64", "datatype")])
+        rules.check_shape(lengths, ("lengths",), (batch,), graph["lengths"].meaning)
+        bad = np.flatnonzero((lengths < 1) | (lengths > steps))
+        if len(bad):
+            at = int(bad[0])
+            msg = f"{int(lengths[at])} is outside 1..{steps} (the steps of x)"
+            raise InvalidInput([error(("lengths", at), msg, "length")])
+        seqs = [x[i, :n] for i, n in enumerate(lengths.tolist())]
+    return rules.batch(seqs, h0, c0, spec, limits, PLACES)
+
+
+def error_response(exc: ServiceError | ExplainUnavailable) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers: the protocol's one mapping of the pipeline's errors (400 for invalid input)."""
+    if isinstance(exc, InvalidInput):
+        return 400, orjson.dumps({"error": exc.lines()}), {}
+    if isinstance(exc, ExplainUnavailable):
+        return 400, orjson.dumps({"error": str(exc)}), {}
+    return exc.status, orjson.dumps({"error": str(exc)}), dict(exc.headers)
+
+
+def model_metadata(spec: ModelSpec, versions: list[str]) -> dict[str, Any]:
+    graph = tensors(spec.input_size, spec.output_size, spec.hidden_size, spec.num_layers)
+
+    def entries(names: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [{"name": n, "datatype": graph[n].datatype, "shape": list(graph[n].dims)} for n in names]
+
+    return {
+        "name": spec.name,
+        "versions": versions,
+        "platform": "onnxruntime_onnx",
+        "inputs": entries(INPUTS),
+        "outputs": entries(OUTPUTS),
+    }

@@ -1,0 +1,91 @@
+"""The ``/predict`` codec: JSON ``{"inputs", "h0", "c0", "explain"}`` in, ``{"outputs", "hn", "cn", "model"}`` out.
+
+Errors in FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`` with 422
+for invalid input and 413 for a body over the limit; ``{"detail": "..."}`` for the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..model.engine import ModelSpec
+from ..model.errors import ExplainUnavailable
+from ..pipeline import rules
+from ..pipeline.dataplane import Call, Outcome
+from ..pipeline.errors import InvalidInput, PayloadTooLarge, ServiceError, error, explain_unavailable
+from ..pipeline.rules import Dim, Limits
+
+FIELDS = ("inputs", "h0", "c0", "explain")
+PLACES = rules.Places(x=("body", "inputs"), h0=("body", "h0"), c0=("body", "c0"), explain=("body", "explain"))
+
+
+class RestCodec:
+    def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[None]:
+        """Parse and validate a /predict body against the model and the limits."""
+        doc = rules.load_json(body)
+        if not isinstance(doc, dict):
+            raise InvalidInput([error(("body",), "Input should be a JSON object", "model_attributes_type")])
+        errors = [
+            error(("body", k), "Extra inputs are not permitted", "extra_forbidden") for k in doc if k not in FIELDS
+        ]
+        if "inputs" not in doc:
+            errors.append(error(("body", "inputs"), "Field required", "missing"))
+        explain = doc.get("explain", False)
+        if not isinstance(explain, bool):
+            errors.append(error(("body", "explain"), "Input should be a valid boolean", "bool_type"))
+        if errors:
+            raise InvalidInput(errors)
+        exact = rules.may_hold_booleans(body, int("explain" in doc))
+        dims = [
+            Dim("sequence", 1, limits.max_batch_size),
+            Dim("step", 1, limits.max_steps),
+            Dim("value", spec.input_size, spec.input_size, spec.feature_names),
+        ]
+        x = rules.json_sequences(doc["inputs"], PLACES.x, dims, exact)
+        state_dims = [
+            Dim("sequence", len(x), len(x)),  # one per sequence of inputs
+            Dim("layer", spec.num_layers, spec.num_layers),
+            Dim("unit", spec.hidden_size, spec.hidden_size),
+        ]
+        states: dict[str, np.ndarray | None] = {}
+        for name, loc in (("h0", PLACES.h0), ("c0", PLACES.c0)):
+            value = doc.get(name)
+            try:
+                states[name] = (
+                    None if value is None else rules.json_array(value, loc, state_dims, exact).transpose(1, 0, 2)
+                )
+            except InvalidInput as e:
+                errors.extend(e.errors)
+        if errors:
+            raise InvalidInput(errors)
+        h0, c0 = (None if a is None else np.ascontiguousarray(a) for a in (states["h0"], states["c0"]))
+        return Call(rules.batch(x, h0, c0, spec, limits, PLACES, explain), explain)
+
+    def encode(self, call: Call[None], outcome: Outcome, spec: ModelSpec) -> bytes:
+        results = outcome.results
+        answer: dict[str, Any] = {
+            "outputs": [r.outputs for r in results],
+            "hn": [r.hn for r in results],
+            "cn": [r.cn for r in results],
+            "model": {"name": spec.name, "version": spec.version},
+        }
+        if outcome.explanations is not None:
+            answer["explanation"] = outcome.explanations
+        return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+CODEC = RestCodec()
+
+
+def error_response(exc: ServiceError | ExplainUnavailable) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, FastAPI-shaped body and headers: the REST protocol's one mapping of the pipeline's errors."""
+    if isinstance(exc, ExplainUnavailable):
+        exc = explain_unavailable(exc, PLACES.explain)
+    if isinstance(exc, InvalidInput):
+        return exc.status, {"detail": exc.errors}, {}
+    if isinstance(exc, PayloadTooLarge):
+        return exc.status, {"detail": [error(("body",), str(exc), "too_large", limit=exc.limit)]}, {}
+    return exc.status, {"detail": str(exc)}, dict(exc.headers)

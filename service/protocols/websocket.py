@@ -1,0 +1,214 @@
+"""WebSocket streaming: ``/v1/models/{name}/stream``. The connection holds the LSTM states of one or
+more streams, so a client sends only each next chunk.
+
+Messages are JSON text, one request and one answer each:
+
+- ``{"stream": "a", "inputs": [[...F values...], ...]}`` runs the chunk from stream ``a``'s
+  states (zeros for a new stream, or ``h0``/``c0`` [layers][hidden] if the message gives them)
+  and answers ``{"stream": "a", "outputs": [[...], ...], "steps": <steps so far>}``.
+- ``{"stream": "a", "reset": true}`` forgets the stream: ``{"stream": "a", "reset": true}``.
+- ``{"stream": "a", "state": true}`` answers its states: ``{"stream": "a", "hn": ..., "cn": ...}``.
+
+Every message goes through the ``DataPlane`` (validation, limits, admission, deadline, batching)
+with this codec. Errors close the connection, each with its code and a reason naming the field:
+1007 bad input, 1003 a binary frame, 1009 a message over the body limit, 1008 too many streams
+or an unknown model, 1013 a full worker (too many connections or requests) or a request past its
+deadline, 1000 after ``LSTM_STREAM_IDLE_S`` without a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..model.batch import Batch
+from ..model.engine import ModelSpec
+from ..pipeline import rules
+from ..pipeline.dataplane import Call, DataPlane, Outcome
+from ..pipeline.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceError,
+    TooManySequences,
+    UnknownModel,
+    error,
+)
+from ..pipeline.rules import Dim, Limits
+
+INVALID, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER, NORMAL = 1007, 1003, 1008, 1009, 1013, 1000
+FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state")
+PLACES = rules.Places(x=("inputs",), h0=("h0",), c0=("c0",))
+CLOSE_CODES: dict[type[ServiceError], int] = {
+    InvalidInput: INVALID,
+    PayloadTooLarge: TOO_BIG,
+    Overloaded: TRY_LATER,
+    DeadlineExceeded: TRY_LATER,
+    UnknownModel: POLICY,
+    TooManySequences: POLICY,
+}
+
+
+@dataclass
+class StreamState:
+    h: np.ndarray  # [L, 1, H]
+    c: np.ndarray
+    steps: int = 0
+
+
+@dataclass
+class Connections:
+    """Open stream connections of this worker, against LSTM_STREAM_MAX_CONNECTIONS."""
+
+    limit: int
+    open: int = 0
+
+
+class CloseWith(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, _clip(reason)
+
+
+def _clip(reason: str) -> str:
+    """A close reason holds at most 123 bytes of UTF-8."""
+    return reason.encode()[:120].decode(errors="ignore")
+
+
+def close_for(exc: ServiceError) -> CloseWith:
+    """The WebSocket protocol's one mapping of the pipeline's errors."""
+    text = exc.lines() if isinstance(exc, InvalidInput) else str(exc)
+    return CloseWith(CLOSE_CODES.get(type(exc), POLICY), text)
+
+
+@dataclass
+class Message:
+    stream: str
+    action: str  # "run", "reset" or "state"
+    fresh: bool = False  # the run starts the stream afresh (new, or from given states)
+
+
+class StreamCodec:
+    """One connection's streams; a message in, its answer out."""
+
+    def __init__(self, max_streams: int) -> None:
+        self.max_streams = max_streams
+        self.streams: dict[str, StreamState] = {}
+
+    def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[Message]:
+        msg = rules.load_json(body, ())
+        if not isinstance(msg, dict):
+            raise InvalidInput([error((), "A message should be a JSON object", "model_attributes_type")])
+        errors = [error((k,), "Extra inputs are not permitted", "extra_forbidden") for k in msg if k not in FIELDS]
+        name = msg.get("stream", "0")
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            errors.append(error(("stream",), "Input should be a string of 1 to 64 characters", "string_type"))
+        flags = {k: msg[k] for k in ("reset", "state") if k in msg}
+        errors += [
+            error((k,), "Input should be a valid boolean", "bool_type")
+            for k, v in flags.items()
+            if not isinstance(v, bool)
+        ]
+        if errors:
+            raise InvalidInput(errors)
+        if msg.get("reset") is True or msg.get("state") is True:
+            if msg.get("state") is True and name not in self.streams:
+                raise InvalidInput([error(("stream",), f"no stream {name!r} on this connection", "unknown_stream")])
+            no_work = Batch([], zeros(spec, 0), zeros(spec, 0))
+            return Call(no_work, context=Message(name, "reset" if msg.get("reset") is True else "state"))
+        if "inputs" not in msg:
+            raise InvalidInput([error(("inputs",), "Field required", "missing")])
+        exact = rules.may_hold_booleans(body, len(flags))
+        steps = Dim("step", 1, limits.max_steps)
+        values = Dim("value", spec.input_size, spec.input_size, spec.feature_names)
+        x = rules.json_array(msg["inputs"], PLACES.x, [steps, values], exact)
+        state_dims = [Dim("layer", spec.num_layers, spec.num_layers), Dim("unit", spec.hidden_size, spec.hidden_size)]
+        given = {
+            k: np.ascontiguousarray(rules.json_array(msg[k], (k,), state_dims, exact)[:, None, :])
+            for k in ("h0", "c0")
+            if msg.get(k) is not None
+        }
+        if name not in self.streams and len(self.streams) >= self.max_streams:
+            raise TooManySequences(f"at most {self.max_streams} streams per connection")
+        state = self.streams.get(name)
+        fresh = bool(given) or state is None
+        if given:
+            h0, c0 = given.get("h0"), given.get("c0")
+        elif state is None:
+            h0 = c0 = zeros(spec, 1)
+        else:
+            h0, c0 = state.h, state.c
+        return Call(rules.batch([x], h0, c0, spec, limits, PLACES), context=Message(name, "run", fresh))
+
+    def encode(self, call: Call[Message], outcome: Outcome, spec: ModelSpec) -> bytes:
+        assert call.context is not None
+        name, action = call.context.stream, call.context.action
+        if action == "reset":
+            self.streams.pop(name, None)
+            return orjson.dumps({"stream": name, "reset": True})
+        if action == "state":
+            s = self.streams[name]
+            return orjson.dumps({"stream": name, "hn": s.h[:, 0], "cn": s.c[:, 0]}, option=orjson.OPT_SERIALIZE_NUMPY)
+        result = outcome.results[0]
+        previous = self.streams.get(name)
+        steps = (0 if call.context.fresh or previous is None else previous.steps) + call.batch.steps
+        self.streams[name] = StreamState(result.hn[:, None, :], result.cn[:, None, :], steps)
+        answer = {"stream": name, "outputs": result.outputs, "steps": steps}
+        return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def zeros(spec: ModelSpec, batch: int) -> np.ndarray:
+    return np.zeros((spec.num_layers, batch, spec.hidden_size), dtype=np.float32)
+
+
+async def refuse(ws: WebSocket, code: int, reason: str) -> None:
+    """Close a connection the server will not serve, after the handshake, so the client sees the code
+    (a close before it reads as HTTP 403)."""
+    await ws.accept()
+    await ws.close(code, _clip(reason))
+
+
+async def serve_stream(
+    ws: WebSocket, plane: DataPlane, connections: Connections, max_streams: int, idle_s: float
+) -> None:
+    if connections.open >= connections.limit:
+        await refuse(ws, TRY_LATER, f"at most {connections.limit} stream connections; retry later")
+        return
+    connections.open += 1
+    try:
+        await ws.accept()
+        codec = StreamCodec(max_streams)
+        limit = plane.limits.max_body_bytes
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.receive(), timeout=idle_s)
+            except TimeoutError:
+                raise CloseWith(NORMAL, f"idle for {idle_s:g} s") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is None:
+                raise CloseWith(UNSUPPORTED, "messages are JSON text, not binary")
+            text: str = message["text"]
+
+            async def read(text: str = text) -> bytes:
+                body = text.encode()
+                if len(body) > limit:
+                    raise PayloadTooLarge(len(body), limit)
+                return body
+
+            try:
+                answer = await plane.serve(codec, read)
+            except ServiceError as e:
+                raise close_for(e) from None
+            await ws.send_text(answer.decode())
+    except CloseWith as c:
+        await ws.close(c.code, c.reason)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        connections.open -= 1

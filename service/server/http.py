@@ -1,0 +1,136 @@
+"""HTTP plumbing shared by the protocols: reading a body within its limits, sending an answer from ASGI,
+and the uvicorn protocol that bounds slow and oversized request headers.
+
+uvicorn bounds idle keep-alive connections and, with ``limit_concurrency``, open connections, but
+not how long a client may take to send its headers, nor (with httptools) how large they may be:
+``GuardedHttpToolsProtocol`` adds both (408 and 431, then the connection is closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..pipeline.errors import BodyTimeout, ClientDisconnected, PayloadTooLarge
+from ..settings import get_settings
+from . import metrics
+
+JSON = b"application/json"
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` (from Content-Length or while it
+    streams in), or not all there within ``timeout_s``."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(int(value), limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected("the client left before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(None, limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise BodyTimeout(f"The body did not arrive within {timeout_s:g} s") from None
+
+
+async def respond(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None, content_type: bytes = JSON
+) -> None:
+    raw = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a deadline and a size cap on each request's headers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        s = get_settings()
+        self.header_timeout_s = s.header_timeout_s
+        self.max_header_bytes = s.max_header_bytes
+        self.header_bytes = 0
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self.header_timer is None:
+            self.header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _refuse(self, status: int, reason: bytes, msg: str) -> None:
+        self._disarm()
+        metrics.REJECTED.labels("slow_headers" if status == 408 else "large_headers").inc()
+        body = msg.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        self.transport.close()
+
+    def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a pipelined request waits for the one in progress, not for its client
+            return
+        self._refuse(408, b"Request Timeout", f"Request headers not received within {self.header_timeout_s:g} s")
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.header_bytes = 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self.header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes:
+            if not self.transport.is_closing():
+                self._refuse(431, b"Request Header Fields Too Large", f"Headers over {self.max_header_bytes} bytes")
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            super().data_received(data)
+
+    def on_body(self, body: bytes) -> None:
+        if self.cycle is not None:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.cycle is not None:
+            super().on_message_complete()
