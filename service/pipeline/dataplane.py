@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..model.batch import Batch, SequenceResult
 from ..model.engine import Engine, ModelSpec
-from ..server import metrics
+from ..server import memory, metrics
 from .batcher import Batcher
 from .errors import DeadlineExceeded, Overloaded
 from .rules import Limits
@@ -84,9 +84,11 @@ class DataPlane:
     async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
         """Admit, then read, decode, infer and encode within the deadline."""
         self.admission.enter()
+        size = 0
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read()
+                size = len(body)
                 spec = self.engine.spec
                 if len(body) <= INLINE_DECODE_BYTES:
                     call = codec.decode(body, spec, self.limits)
@@ -99,6 +101,8 @@ class DataPlane:
             raise DeadlineExceeded(f"The request took longer than its {self.timeout_s:g} s deadline") from None
         finally:
             self.admission.leave()
+            if size > memory.LARGE_BODY_BYTES:
+                memory.trim()
 
     async def infer(self, call: Call[Any]) -> Outcome:
         self.steps += call.batch.steps

@@ -11,8 +11,8 @@ on another:
 - 1 to ``max_batch_size`` sequences of 1 to ``max_steps`` steps, ``max_total_values`` values in all
   (the real steps, never padding), and the explanation budget.
 
-Validation is vectorised: numpy builds each array in one C-level call and checks it at once. Only
-when that fails does a Python walk run, on that array alone, to name the place at fault.
+Arrays come from the protocols' own formats (``jsondata`` reads them out of JSON); the checks here
+run on whole arrays at once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
 from ..model.batch import Batch
 from ..model.engine import ModelSpec
@@ -66,171 +65,61 @@ def _plural(label: str, n: int) -> str:
     return label if n == 1 else label + "s"
 
 
-def may_hold_booleans(text: bytes, flags: int) -> bool:
-    """Whether JSON ``text`` has more ``true``/``false`` literals than the ``flags`` its codec has read as
-    booleans: then its number arrays take the exact walk, which rejects booleans numpy would take as 1 and 0.
-    (A string holding the word only costs the walk, never a wrong answer.)"""
-    return text.count(b"true") + text.count(b"false") > flags
-
-
-def load_json(body: bytes, loc: Loc = ("body",)) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput([error((*loc, e.pos), f"JSON decode error: {e.msg}", "json_invalid", error=e.msg)]) from None
-
-
-def _not_a_number(value: Any) -> bool:
+def not_a_number(value: Any) -> bool:
+    """JSON's numbers only: a boolean is not one (though Python's bool is an int)."""
     return isinstance(value, bool) or not isinstance(value, (int, float))
-
-
-def _walk(obj: Any, loc: Loc, dims: Sequence[Dim], errors: list[dict[str, Any]]) -> None:
-    """Append the errors of a nested array, depth first, stopping at MAX_ERRORS. The slow path."""
-    if len(errors) >= MAX_ERRORS:
-        return
-    if not dims:
-        if _not_a_number(obj):
-            errors.append(error(loc, "Input should be a valid number", "float_type"))
-        return
-    if not isinstance(obj, list):
-        errors.append(error(loc, f"Input should be a list of {dims[0].label}s", "list_type"))
-        return
-    count = dims[0].count_error(len(obj), loc)
-    if count:
-        errors.append(count)
-        return
-    for i, item in enumerate(obj):
-        _walk(item, (*loc, i), dims[1:], errors)
 
 
 def finite_float32(a: np.ndarray, loc: Loc) -> np.ndarray:
     """``a`` as float32, or InvalidInput naming the first value that is not finite within float32's range."""
-    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, reported below
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range becomes inf, reported below
         out = np.ascontiguousarray(a, dtype=np.float32)
     if not np.isfinite(out).all():
         at = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
-        raise InvalidInput(
-            [error((*loc, *at), "Input should be a finite number within float32 range", "finite_number")]
-        )
+        msg = "Input should be a finite number within float32 range"
+        raise InvalidInput([error((*loc, *at), msg, "finite_number")])
     return out
 
 
-def _fast_array(obj: Any, loc: Loc, dims: Sequence[Dim]) -> np.ndarray | None:
-    """The array as float32 in one numpy call, or None when it is ragged or not all numbers."""
-    try:
-        a = np.array(obj)
-    except (ValueError, OverflowError):  # ragged
-        return None
-    if (
-        a.dtype.kind not in "fi"
-        or a.ndim != len(dims)
-        or not all(d.min <= n <= d.max for d, n in zip(dims, a.shape, strict=True))
-    ):
-        return None
-    return finite_float32(a, loc)
-
-
-def json_array(obj: Any, loc: Loc, dims: Sequence[Dim], exact: bool) -> np.ndarray:
-    """A validated float32 array of shape ``dims`` from nested JSON lists, or InvalidInput naming the places
-    at fault. ``exact``: the JSON text may hold booleans among the numbers (``may_hold_booleans``)."""
-    if not exact:
-        a = _fast_array(obj, loc, dims)
-        if a is not None:
-            return a
-    errors: list[dict[str, Any]] = []
-    _walk(obj, loc, dims, errors)
-    if errors:
-        raise InvalidInput(errors)
-    with np.errstate(over="ignore"):  # sound, but numpy could not take it in one go (integers past int64)
-        return finite_float32(np.array(obj, dtype=np.float64), loc)
-
-
-def json_sequences(obj: Any, loc: Loc, dims: Sequence[Dim], exact: bool) -> list[np.ndarray]:
-    """Sequences that may differ in length, from ``[sequence][step][value]`` JSON lists."""
-    if not isinstance(obj, list):
-        raise InvalidInput([error(loc, "Input should be a list of sequences", "list_type")])
-    count = dims[0].count_error(len(obj), loc)
-    if count:
-        raise InvalidInput([count])
-    whole = None if exact else _fast_array(obj, loc, dims)
-    if whole is not None:  # every sequence the same length
-        return list(whole)
-    seqs: list[np.ndarray] = []
-    errors: list[dict[str, Any]] = []
-    for i, seq in enumerate(obj):
-        try:
-            seqs.append(json_array(seq, (*loc, i), dims[1:], exact))
-        except InvalidInput as e:
-            errors.extend(e.errors)
-            if len(errors) >= MAX_ERRORS:
-                break
-    if errors:
-        raise InvalidInput(errors[:MAX_ERRORS])
-    return seqs
-
-
-def json_tensor_data(data: Any, loc: Loc, dtype: np.dtype[Any], exact: bool) -> np.ndarray:
-    """Tensor data in JSON (flat or nested, row-major) as ``dtype``: numbers only; an integer type takes
-    integers within its range, never a float or a wrapped value."""
-    if not isinstance(data, list):
-        raise InvalidInput([error(loc, "Input should be a list of numbers", "list_type")])
-    flat = _flatten(data) if any(isinstance(v, list) for v in data) else data
-    raw: np.ndarray | None
-    try:
-        raw = None if exact else np.array(flat)
-    except (ValueError, OverflowError):
-        raw = None
-    if raw is None or raw.dtype.kind not in "iuf" or raw.ndim != 1:
-        raw = _numbers_exact(flat, loc)
-    if dtype.kind == "f":
-        return finite_float32(raw, loc) if dtype.itemsize == 4 else _finite(raw.astype(dtype), loc)
-    if raw.dtype.kind == "f":
-        at = next((i for i, v in enumerate(flat) if isinstance(v, float)), 0)
-        raise InvalidInput([error((*loc, at), f"Input should be an integer of {INT_RANGES[dtype]}", "int_type")])
-    info = np.iinfo(dtype)
-    bad = np.flatnonzero((raw < info.min) | (raw > info.max))
-    if len(bad):
-        at = int(bad[0])
-        msg = f"{raw[at]} is outside {INT_RANGES[dtype]}'s range {info.min}..{info.max}"
-        raise InvalidInput([error((*loc, at), msg, "int_range")])
+def tensor_values(values: list[Any] | np.ndarray, loc: Loc, dtype: np.dtype[Any]) -> np.ndarray:
+    """Flat tensor values as ``dtype``: numbers only; float types finite; an integer type takes integers
+    within its range, never a float or a wrapped value."""
+    if isinstance(values, list):
+        bad = [i for i, v in enumerate(values) if not_a_number(v)]
+        if bad:
+            errors = [error((*loc, i), "Input should be a valid number", "float_type") for i in bad]
+            raise InvalidInput(errors[:MAX_ERRORS])
+        floats = [i for i, v in enumerate(values) if isinstance(v, float)]
+        if dtype.kind == "i" and floats:
+            msg = f"Input should be an integer of {INT_RANGES[dtype]}"
+            raise InvalidInput([error((*loc, floats[0]), msg, "int_type")])
+        if dtype.kind == "i":
+            return _integers(values, loc, dtype)
+        with np.errstate(over="ignore"):
+            raw = np.array([float(v) for v in values], dtype=np.float64)
+    else:
+        raw = values
+        if dtype.kind == "i":
+            return _integers(raw, loc, dtype)
+    if dtype.itemsize == 4:
+        return finite_float32(raw, loc)
+    if not np.isfinite(raw).all():
+        at = int(np.flatnonzero(~np.isfinite(raw))[0])
+        raise InvalidInput([error((*loc, at), "Input should be a finite number", "finite_number")])
     return raw.astype(dtype)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
-
-
-def _numbers_exact(flat: list[Any], loc: Loc) -> np.ndarray:
-    """Flat JSON values checked one by one (the slow path): numbers only; integers beyond int64 stay exact."""
-    errors = [
-        error((*loc, i), "Input should be a valid number", "float_type") for i, v in enumerate(flat) if _not_a_number(v)
-    ]
-    if errors:
-        raise InvalidInput(errors[:MAX_ERRORS])
-    if all(isinstance(v, int) for v in flat):
-        big = [i for i, v in enumerate(flat) if not -(2**63) <= v < 2**63]
-        if big:
-            raise InvalidInput([error((*loc, big[0]), f"{flat[big[0]]} is outside INT64's range", "int_range")])
-        return np.array(flat, dtype=np.int64)
-    with np.errstate(over="ignore"):
-        return np.array([float(v) for v in flat], dtype=np.float64)
-
-
-def _finite(a: np.ndarray, loc: Loc) -> np.ndarray:
-    if not np.isfinite(a).all():
-        at = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise InvalidInput([error((*loc, *at), "Input should be a finite number", "finite_number")])
-    return a
+def _integers(values: list[int] | np.ndarray, loc: Loc, dtype: np.dtype[Any]) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if isinstance(values, list):
+        bad = [i for i, v in enumerate(values) if not info.min <= v <= info.max]
+    else:
+        bad = np.flatnonzero((values < info.min) | (values > info.max)).tolist()
+    if bad:
+        at = int(bad[0])
+        msg = f"{values[at]} is outside {INT_RANGES[dtype]}'s range {info.min}..{info.max}"
+        raise InvalidInput([error((*loc, at), msg, "int_range")])
+    return np.asarray(values, dtype=dtype)
 
 
 def check_shape(a: np.ndarray, loc: Loc, shape: Sequence[int | None], meaning: str) -> None:

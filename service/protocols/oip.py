@@ -24,7 +24,7 @@ from ..model.batch import Batch
 from ..model.contract import FINAL_STATES, INPUTS, OUTPUTS, tensors
 from ..model.engine import ModelSpec
 from ..model.errors import ExplainUnavailable
-from ..pipeline import rules
+from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, ServiceError, error
 from ..pipeline.rules import Limits
@@ -64,7 +64,9 @@ class RequestInput(BaseModel):
     shape: list[Size]
     datatype: StrictStr = Field(description=f"One of {', '.join(DATATYPES)}.")
     parameters: InputParameters | None = None
-    data: list[Any] | None = Field(default=None, description="Row-major values, flat or nested.")
+    data: Any = Field(
+        default=None, description="Row-major values, flat or nested.", json_schema_extra={"type": "array"}
+    )
 
 
 class RequestOutput(BaseModel):
@@ -106,24 +108,29 @@ class Answer:
     steps: int
 
 
-def _envelope(doc: Any) -> InferenceRequest:
+def _envelope(reader: jsondata.Reader) -> InferenceRequest:
+    """The request's envelope, checked by the pydantic models; tensor data stays as read (lazy, unconverted)."""
+    doc = reader.document
+    if not jsondata.is_object(doc):
+        raise InvalidInput([error((), "The request should be a JSON object", "model_attributes_type")])
+    envelope = {k: reader.plain(doc[k]) for k in doc.keys() if k != "inputs"}  # noqa: SIM118 (simdjson)
+    if "inputs" in doc.keys():  # noqa: SIM118
+        inputs = doc["inputs"]
+        envelope["inputs"] = (
+            [_tensor(reader, t) if jsondata.is_object(t) else reader.plain(t) for t in inputs]
+            if jsondata.is_list(inputs)
+            else reader.plain(inputs)
+        )
     try:
-        return InferenceRequest.model_validate(doc)
+        return InferenceRequest.model_validate(envelope)
     except ValidationError as e:
         raise InvalidInput(
             [error(tuple(err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)][:20]
         ) from None
 
 
-def _booleans(value: Any) -> int:
-    """Boolean literals in the envelope (everything but tensor data)."""
-    if isinstance(value, bool):
-        return 1
-    if isinstance(value, dict):
-        return sum(_booleans(v) for k, v in value.items() if k != "data")
-    if isinstance(value, list):
-        return sum(_booleans(v) for v in value)
-    return 0
+def _tensor(reader: jsondata.Reader, tensor: Any) -> dict[str, Any]:
+    return {k: tensor[k] if k == "data" else reader.plain(tensor[k]) for k in tensor.keys()}  # noqa: SIM118
 
 
 class OipCodec:
@@ -134,9 +141,11 @@ class OipCodec:
 
     def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[Answer]:
         header, binary = self._split(body)
-        doc = rules.load_json(header, ())
-        req = _envelope(doc)
-        exact = rules.may_hold_booleans(header, _booleans(doc))
+        read = lambda reader: self._read(reader, binary, spec, limits)  # noqa: E731
+        return jsondata.decode(header, read, loc=(), count_arrays=False)
+
+    def _read(self, reader: jsondata.Reader, binary: bytes, spec: ModelSpec, limits: Limits) -> Call[Answer]:
+        req = _envelope(reader)
         for key in SEQUENCE_PARAMETERS:
             if req.parameters is not None and key in (req.parameters.model_extra or {}):
                 msg = "This server holds no sequence state: send h0 and c0 with each chunk instead"
@@ -167,7 +176,7 @@ class OipCodec:
             else:
                 if tensor.data is None:
                     raise InvalidInput([error((*loc, "data"), "Field required (or binary_data_size)", "missing")])
-                flat = rules.json_tensor_data(tensor.data, (*loc, "data"), dtype, exact)
+                flat = reader.tensor_data(tensor.data, (*loc, "data"), dtype)
                 if flat.size != count:
                     msg = f"{flat.size} values for shape {tensor.shape} ({count} values)"
                     raise InvalidInput([error((*loc, "data"), msg, "shape")])

@@ -13,7 +13,7 @@ import orjson
 
 from ..model.engine import ModelSpec
 from ..model.errors import ExplainUnavailable
-from ..pipeline import rules
+from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, PayloadTooLarge, ServiceError, error, explain_unavailable
 from ..pipeline.rules import Dim, Limits
@@ -25,26 +25,28 @@ PLACES = rules.Places(x=("body", "inputs"), h0=("body", "h0"), c0=("body", "c0")
 class RestCodec:
     def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[None]:
         """Parse and validate a /predict body against the model and the limits."""
-        doc = rules.load_json(body)
-        if not isinstance(doc, dict):
+        return jsondata.decode(body, lambda reader: self._read(reader, spec, limits))
+
+    def _read(self, reader: jsondata.Reader, spec: ModelSpec, limits: Limits) -> Call[None]:
+        doc = reader.document
+        if not jsondata.is_object(doc):
             raise InvalidInput([error(("body",), "Input should be a JSON object", "model_attributes_type")])
-        errors = [
-            error(("body", k), "Extra inputs are not permitted", "extra_forbidden") for k in doc if k not in FIELDS
-        ]
-        if "inputs" not in doc:
+        keys = list(doc.keys())
+        extra = (k for k in keys if k not in FIELDS)
+        errors = [error(("body", k), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
+        if "inputs" not in keys:
             errors.append(error(("body", "inputs"), "Field required", "missing"))
-        explain = doc.get("explain", False)
+        explain = doc["explain"] if "explain" in keys else False
         if not isinstance(explain, bool):
             errors.append(error(("body", "explain"), "Input should be a valid boolean", "bool_type"))
         if errors:
             raise InvalidInput(errors)
-        exact = rules.may_hold_booleans(body, int("explain" in doc))
         dims = [
             Dim("sequence", 1, limits.max_batch_size),
             Dim("step", 1, limits.max_steps),
             Dim("value", spec.input_size, spec.input_size, spec.feature_names),
         ]
-        x = rules.json_sequences(doc["inputs"], PLACES.x, dims, exact)
+        x = reader.sequences(doc["inputs"], PLACES.x, dims)
         state_dims = [
             Dim("sequence", len(x), len(x)),  # one per sequence of inputs
             Dim("layer", spec.num_layers, spec.num_layers),
@@ -52,17 +54,15 @@ class RestCodec:
         ]
         states: dict[str, np.ndarray | None] = {}
         for name, loc in (("h0", PLACES.h0), ("c0", PLACES.c0)):
-            value = doc.get(name)
+            value = doc[name] if name in keys else None
             try:
-                states[name] = (
-                    None if value is None else rules.json_array(value, loc, state_dims, exact).transpose(1, 0, 2)
-                )
+                array = None if value is None else reader.array(value, loc, state_dims)
+                states[name] = None if array is None else np.ascontiguousarray(array.transpose(1, 0, 2))  # [L, B, H]
             except InvalidInput as e:
                 errors.extend(e.errors)
         if errors:
             raise InvalidInput(errors)
-        h0, c0 = (None if a is None else np.ascontiguousarray(a) for a in (states["h0"], states["c0"]))
-        return Call(rules.batch(x, h0, c0, spec, limits, PLACES, explain), explain)
+        return Call(rules.batch(x, states["h0"], states["c0"], spec, limits, PLACES, explain), explain)
 
     def encode(self, call: Call[None], outcome: Outcome, spec: ModelSpec) -> bytes:
         results = outcome.results

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..model.batch import Batch
 from ..model.engine import ModelSpec
-from ..pipeline import rules
+from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, DataPlane, Outcome
 from ..pipeline.errors import (
     DeadlineExceeded,
@@ -101,37 +101,37 @@ class StreamCodec:
         self.streams: dict[str, StreamState] = {}
 
     def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[Message]:
-        msg = rules.load_json(body, ())
-        if not isinstance(msg, dict):
+        return jsondata.decode(body, lambda reader: self._read(reader, spec, limits), loc=())
+
+    def _read(self, reader: jsondata.Reader, spec: ModelSpec, limits: Limits) -> Call[Message]:
+        msg = reader.document
+        if not jsondata.is_object(msg):
             raise InvalidInput([error((), "A message should be a JSON object", "model_attributes_type")])
-        errors = [error((k,), "Extra inputs are not permitted", "extra_forbidden") for k in msg if k not in FIELDS]
-        name = msg.get("stream", "0")
+        keys = list(msg.keys())
+        errors = [error((k,), "Extra inputs are not permitted", "extra_forbidden") for k in keys if k not in FIELDS]
+        name = msg["stream"] if "stream" in keys else "0"
         if not isinstance(name, str) or not 0 < len(name) <= 64:
             errors.append(error(("stream",), "Input should be a string of 1 to 64 characters", "string_type"))
-        flags = {k: msg[k] for k in ("reset", "state") if k in msg}
-        errors += [
-            error((k,), "Input should be a valid boolean", "bool_type")
-            for k, v in flags.items()
-            if not isinstance(v, bool)
-        ]
+        flags = {k: msg[k] for k in ("reset", "state") if k in keys}
+        not_bool = (k for k, v in flags.items() if not isinstance(v, bool))
+        errors += [error((k,), "Input should be a valid boolean", "bool_type") for k in not_bool]
         if errors:
             raise InvalidInput(errors)
-        if msg.get("reset") is True or msg.get("state") is True:
-            if msg.get("state") is True and name not in self.streams:
+        if flags.get("reset") is True or flags.get("state") is True:
+            if flags.get("state") is True and name not in self.streams:
                 raise InvalidInput([error(("stream",), f"no stream {name!r} on this connection", "unknown_stream")])
             no_work = Batch([], zeros(spec, 0), zeros(spec, 0))
-            return Call(no_work, context=Message(name, "reset" if msg.get("reset") is True else "state"))
-        if "inputs" not in msg:
+            return Call(no_work, context=Message(name, "reset" if flags.get("reset") is True else "state"))
+        if "inputs" not in keys:
             raise InvalidInput([error(("inputs",), "Field required", "missing")])
-        exact = rules.may_hold_booleans(body, len(flags))
         steps = Dim("step", 1, limits.max_steps)
         values = Dim("value", spec.input_size, spec.input_size, spec.feature_names)
-        x = rules.json_array(msg["inputs"], PLACES.x, [steps, values], exact)
+        x = reader.array(msg["inputs"], PLACES.x, [steps, values])
         state_dims = [Dim("layer", spec.num_layers, spec.num_layers), Dim("unit", spec.hidden_size, spec.hidden_size)]
         given = {
-            k: np.ascontiguousarray(rules.json_array(msg[k], (k,), state_dims, exact)[:, None, :])
+            k: np.ascontiguousarray(reader.array(msg[k], (k,), state_dims)[:, None, :])
             for k in ("h0", "c0")
-            if msg.get(k) is not None
+            if k in keys and msg[k] is not None
         }
         if name not in self.streams and len(self.streams) >= self.max_streams:
             raise TooManySequences(f"at most {self.max_streams} streams per connection")

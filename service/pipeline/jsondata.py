@@ -1,0 +1,226 @@
+"""Numbers out of JSON, for every protocol that carries them as JSON: one reader, two speeds.
+
+The fast reader parses with simdjson and copies each number array straight from its tape into
+numpy (``as_buffer``): no Python object per value, so a 16 MB body costs tens of megabytes, not
+hundreds, and a fraction of the time. simdjson refuses booleans, strings and nulls there by
+itself. Every shape is checked (each sequence's steps, each step's values), and the body must
+hold exactly the arrays those shapes account for, so a nested or misplaced array cannot pass
+unseen (a ``[`` inside a string only sends the body down the exact path).
+
+Anything the fast reader does not take whole (a wrong count, a non-number, an integer beyond
+64 bits, a syntax error) raises ``NotFast``, and the codec decodes the body again with the exact
+reader: orjson and a walk over Python values that names every place at fault. The exact reader
+decides every error; the fast one only ever accepts what the exact one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import orjson
+import simdjson
+
+from . import rules
+from .errors import InvalidInput, Loc, error
+from .rules import Dim
+
+T = TypeVar("T")
+Lazy = (simdjson.Array, simdjson.Object)
+_LISTS = (list, simdjson.Array)
+
+
+class NotFast(Exception):
+    """The fast reader cannot take this body whole: decode it again with the exact reader."""
+
+
+def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",), count_arrays: bool = True) -> T:
+    """``read`` with the fast reader, and again with the exact one if the fast one gives up.
+    ``count_arrays``: the body's arrays must be exactly those the shapes read account for (not so
+    for tensor data, which may be nested any way and is taken flat)."""
+    try:
+        reader = Reader(body, exact=False, loc=loc)
+        result = read(reader)
+        if count_arrays:
+            reader.finish()
+        return result
+    except NotFast:
+        return read(Reader(body, exact=True, loc=loc))
+
+
+def is_list(value: Any) -> bool:
+    return isinstance(value, _LISTS)
+
+
+def is_object(value: Any) -> bool:
+    return isinstance(value, (dict, simdjson.Object))
+
+
+class Reader:
+    """One body's document, and its number arrays as validated numpy arrays."""
+
+    def __init__(self, body: bytes, exact: bool, loc: Loc = ("body",)) -> None:
+        self.body, self.exact, self.loc = body, exact, loc
+        self.arrays = 0  # arrays the fast reader has accounted for
+        self.document: Any = _exact_document(body, loc) if exact else _fast_document(body)
+
+    def finish(self) -> None:
+        """Every array of the body is one the shapes accounted for (fast reader only)."""
+        if not self.exact and self.body.count(b"[") != self.arrays:
+            raise NotFast
+
+    def plain(self, value: Any) -> Any:
+        """A small value (an envelope, parameters) as plain Python."""
+        if isinstance(value, simdjson.Object):
+            return value.as_dict()
+        if isinstance(value, simdjson.Array):
+            return value.as_list()
+        return value
+
+    def array(self, obj: Any, loc: Loc, dims: Sequence[Dim]) -> np.ndarray:
+        """A float32 array of shape ``dims`` (each axis within its counts) from nested JSON lists."""
+        if self.exact:
+            return _exact_array(obj, loc, dims)
+        try:
+            shape = [len(obj)]
+            level = [obj]
+            for _ in dims[1:]:
+                level = [item for parent in level for item in parent]
+                sizes = {len(item) for item in level}
+                if len(sizes) > 1:
+                    raise NotFast
+                shape.append(sizes.pop() if sizes else 0)
+            if not all(d.min <= n <= d.max for d, n in zip(dims, shape, strict=True)):
+                raise NotFast
+            flat = _buffer(obj, "d")
+        except (TypeError, ValueError, RuntimeError, KeyError):
+            raise NotFast from None
+        if flat.size != np.prod(shape):
+            raise NotFast
+        self.arrays += sum(int(np.prod(shape[:k])) for k in range(len(dims)))
+        return rules.finite_float32(flat.reshape(shape), loc)
+
+    def sequences(self, obj: Any, loc: Loc, dims: Sequence[Dim]) -> list[np.ndarray]:
+        """Sequences ``[sequence][step][value]`` that may differ in length."""
+        if self.exact:
+            return _exact_sequences(obj, loc, dims)
+        seqs, steps, values = dims
+        try:
+            lengths = [len(seq) for seq in obj]
+            if not seqs.min <= len(lengths) <= seqs.max or not all(steps.min <= n <= steps.max for n in lengths):
+                raise NotFast
+            if not all(len(step) == values.max for seq in obj for step in seq):
+                raise NotFast
+            flat = _buffer(obj, "d")
+        except (TypeError, ValueError, RuntimeError, KeyError):
+            raise NotFast from None
+        total = sum(lengths)
+        if flat.size != total * values.max:
+            raise NotFast
+        self.arrays += 1 + len(lengths) + total
+        try:
+            x = rules.finite_float32(flat.reshape(total, values.max), loc)
+        except InvalidInput as e:  # name the sequence and step, not the row of all steps
+            row, value = e.errors[0]["loc"][-2:]
+            seq = int(np.searchsorted(np.cumsum(lengths), row, side="right"))
+            e.errors[0]["loc"] = [*loc, seq, row - sum(lengths[:seq]), value]
+            raise
+        if len(set(lengths)) == 1:
+            return list(x.reshape(len(lengths), lengths[0], values.max))
+        return np.split(x, np.cumsum(lengths[:-1]))
+
+    def tensor_data(self, data: Any, loc: Loc, dtype: np.dtype[Any]) -> np.ndarray:
+        """Tensor data (flat or nested, row-major) as ``dtype``: numbers only; an integer type takes
+        integers within its range, never a float or a wrapped value."""
+        if not is_list(data):
+            raise InvalidInput([error(loc, "Input should be a list of numbers", "list_type")])
+        if self.exact:
+            return rules.tensor_values(_flatten(data), loc, dtype)
+        try:
+            raw = _buffer(data, "i" if dtype.kind == "i" else "d")
+        except (TypeError, ValueError, RuntimeError):
+            raise NotFast from None
+        return rules.tensor_values(raw, loc, dtype)
+
+
+def _buffer(arr: Any, of_type: Literal["d", "i"]) -> np.ndarray:
+    if not isinstance(arr, simdjson.Array):
+        raise TypeError("not an array")
+    return np.frombuffer(arr.as_buffer(of_type=of_type), dtype=np.float64 if of_type == "d" else np.int64)
+
+
+def _fast_document(body: bytes) -> Any:
+    try:
+        return simdjson.Parser().parse(body)
+    except (ValueError, RuntimeError):  # a syntax error or a number simdjson does not take: orjson names it
+        raise NotFast from None
+
+
+def _exact_document(body: bytes, loc: Loc) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput([error((*loc, e.pos), f"JSON decode error: {e.msg}", "json_invalid", error=e.msg)]) from None
+
+
+def _walk(obj: Any, loc: Loc, dims: Sequence[Dim], errors: list[dict[str, Any]]) -> None:
+    """Append the errors of a nested array, depth first, stopping at MAX_ERRORS."""
+    if len(errors) >= rules.MAX_ERRORS:
+        return
+    if not dims:
+        if rules.not_a_number(obj):
+            errors.append(error(loc, "Input should be a valid number", "float_type"))
+        return
+    if not isinstance(obj, list):
+        errors.append(error(loc, f"Input should be a list of {dims[0].label}s", "list_type"))
+        return
+    count = dims[0].count_error(len(obj), loc)
+    if count:
+        errors.append(count)
+        return
+    for i, item in enumerate(obj):
+        _walk(item, (*loc, i), dims[1:], errors)
+
+
+def _exact_array(obj: Any, loc: Loc, dims: Sequence[Dim]) -> np.ndarray:
+    errors: list[dict[str, Any]] = []
+    _walk(obj, loc, dims, errors)
+    if errors:
+        raise InvalidInput(errors)
+    with np.errstate(over="ignore"):  # integers past int64 are exact in float64; past float32, inf (refused)
+        return rules.finite_float32(np.array(obj, dtype=np.float64), loc)
+
+
+def _exact_sequences(obj: Any, loc: Loc, dims: Sequence[Dim]) -> list[np.ndarray]:
+    if not isinstance(obj, list):
+        raise InvalidInput([error(loc, "Input should be a list of sequences", "list_type")])
+    count = dims[0].count_error(len(obj), loc)
+    if count:
+        raise InvalidInput([count])
+    seqs: list[np.ndarray] = []
+    errors: list[dict[str, Any]] = []
+    for i, seq in enumerate(obj):
+        try:
+            seqs.append(_exact_array(seq, (*loc, i), dims[1:]))
+        except InvalidInput as e:
+            errors.extend(e.errors)
+            if len(errors) >= rules.MAX_ERRORS:
+                break
+    if errors:
+        raise InvalidInput(errors[: rules.MAX_ERRORS])
+    return seqs
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
