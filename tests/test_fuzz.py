@@ -42,14 +42,22 @@ def test_schemathesis_no_5xx_and_every_answer_matches_the_schema(settings: Setti
     with app_client(settings, fast_path=fast_path) as c:  # the lifespan loads the model
         api = schemathesis.openapi.from_asgi("/openapi.json", c.app)
         operations = [result.ok() for result in api.get_all_operations()]
-        assert {f"{op.method.upper()} {op.path}" for op in operations} >= {"POST /predict", "GET /model"}
+        assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
+            "POST /predict",
+            "GET /model",
+            "POST /v2/models/{name}/infer",
+            "POST /v2/models/{name}/versions/{version}/infer",
+        }
         runs = [(op, GenerationMode.POSITIVE) for op in operations]
         runs += [(op, GenerationMode.NEGATIVE) for op in operations if op.method.upper() == "POST"]  # malformed bodies
         for operation, mode in runs:
 
-            @given(case=operation.as_strategy(generation_mode=mode))
+            @given(case=operation.as_strategy(generation_mode=mode), served=st.booleans())
             @hypothesis_settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
-            def call(case: Any) -> None:
+            def call(case: Any, served: bool) -> None:
+                if served and case.path_parameters:  # half the cases reach the served model's pipeline
+                    case.path_parameters = {**case.path_parameters, "name": "tiny", "version": "1"}
+                    case.path_parameters = {k: v for k, v in case.path_parameters.items() if f"{{{k}}}" in case.path}
                 case.call_and_validate(checks=CHECKS)
 
             call()

@@ -36,7 +36,7 @@ def test_health_answers_while_the_model_works(server: str, weather: np.ndarray) 
     """Inference runs off the event loop: a health check overtakes heavy predictions in flight."""
     import asyncio
 
-    heavy = {"inputs": [np.tile(weather[:500], (2, 1)).tolist()] * 64}  # 64 sequences of 1,000 steps
+    heavy = {"inputs": [np.tile(weather[:500], (4, 1)).tolist()] * 128}  # 128 sequences of 2,000 steps
     done: list[str] = []
 
     async def scenario() -> None:

@@ -8,9 +8,9 @@ hold exactly the arrays those shapes account for, so a nested or misplaced array
 unseen (a ``[`` inside a string only sends the body down the exact path).
 
 Anything the fast reader does not take whole (a wrong count, a non-number, an integer beyond
-64 bits, a syntax error) raises ``NotFast``, and the codec decodes the body again with the exact
-reader: orjson and a walk over Python values that names every place at fault. The exact reader
-decides every error; the fast one only ever accepts what the exact one would.
+64 bits, a syntax error, any invalid input) sends the body to the exact reader: orjson and a walk
+over Python values that names every place at fault. The exact reader decides and words every
+error; the fast one only ever accepts what the exact one would.
 """
 
 from __future__ import annotations
@@ -35,17 +35,15 @@ class NotFast(Exception):
     """The fast reader cannot take this body whole: decode it again with the exact reader."""
 
 
-def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",), count_arrays: bool = True) -> T:
-    """``read`` with the fast reader, and again with the exact one if the fast one gives up.
-    ``count_arrays``: the body's arrays must be exactly those the shapes read account for (not so
-    for tensor data, which may be nested any way and is taken flat)."""
+def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",)) -> T:
+    """``read`` with the fast reader, and again with the exact one if the fast one gives up."""
     try:
         reader = Reader(body, exact=False, loc=loc)
         result = read(reader)
-        if count_arrays:
-            reader.finish()
+        reader.finish()
         return result
-    except NotFast:
+    except (NotFast, InvalidInput, KeyError, IndexError, TypeError, ValueError, RuntimeError):
+        # Whatever the fast reader stumbles on, the exact one decides, and words the error.
         return read(Reader(body, exact=True, loc=loc))
 
 
@@ -73,9 +71,12 @@ class Reader:
     def plain(self, value: Any) -> Any:
         """A small value (an envelope, parameters) as plain Python."""
         if isinstance(value, simdjson.Object):
-            return value.as_dict()
-        if isinstance(value, simdjson.Array):
-            return value.as_list()
+            value = value.as_dict()
+        elif isinstance(value, simdjson.Array):
+            value = value.as_list()
+        else:
+            return value
+        self.arrays += _lists_in(value)
         return value
 
     def array(self, obj: Any, loc: Loc, dims: Sequence[Dim]) -> np.ndarray:
@@ -130,18 +131,57 @@ class Reader:
             return list(x.reshape(len(lengths), lengths[0], values.max))
         return np.split(x, np.cumsum(lengths[:-1]))
 
-    def tensor_data(self, data: Any, loc: Loc, dtype: np.dtype[Any]) -> np.ndarray:
-        """Tensor data (flat or nested, row-major) as ``dtype``: numbers only; an integer type takes
-        integers within its range, never a float or a wrapped value."""
+    def tensor_data(self, data: Any, loc: Loc, dtype: np.dtype[Any], shape: Sequence[int]) -> np.ndarray:
+        """Tensor data of ``shape``, flat (row-major) or nested exactly as the shape, as ``dtype``: numbers
+        only; an integer type takes integers within its range, never a float or a wrapped value."""
         if not is_list(data):
             raise InvalidInput([error(loc, "Input should be a list of numbers", "list_type")])
+        count = int(np.prod(shape))
         if self.exact:
-            return rules.tensor_values(_flatten(data), loc, dtype)
+            return rules.tensor_values(_exact_values(data, loc, shape), loc, dtype).reshape(shape)
         try:
+            if len(data) and isinstance(data[0], simdjson.Array):  # nested: every level as the shape says
+                level = [data]
+                for k, n in enumerate(shape):
+                    if any(len(item) != n for item in level):
+                        raise NotFast
+                    if k < len(shape) - 1:
+                        level = [child for item in level for child in item]
+                arrays = sum(int(np.prod(shape[:k])) for k in range(len(shape)))
+            else:
+                if len(data) != count:
+                    raise NotFast
+                arrays = 1
             raw = _buffer(data, "i" if dtype.kind == "i" else "d")
-        except (TypeError, ValueError, RuntimeError):
+        except (TypeError, ValueError, RuntimeError, KeyError):
             raise NotFast from None
-        return rules.tensor_values(raw, loc, dtype)
+        if raw.size != count:
+            raise NotFast
+        self.arrays += arrays
+        return rules.tensor_values(raw, loc, dtype).reshape(shape)
+
+
+def _lists_in(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + sum(_lists_in(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_lists_in(v) for v in value.values())
+    return 0
+
+
+def _exact_values(data: list[Any], loc: Loc, shape: Sequence[int]) -> list[Any]:
+    """Flat values of tensor data given flat, or nested exactly as ``shape``; else the places at fault."""
+    count = int(np.prod(shape))
+    if not any(isinstance(v, list) for v in data):
+        if len(data) != count:
+            msg = f"{len(data)} values for shape {list(shape)} ({count} values)"
+            raise InvalidInput([error(loc, msg, "shape")])
+        return data
+    errors: list[dict[str, Any]] = []
+    _walk(data, loc, [Dim("item", n, n) for n in shape], errors)
+    if errors:
+        raise InvalidInput(errors)
+    return _flatten(data)
 
 
 def _buffer(arr: Any, of_type: Literal["d", "i"]) -> np.ndarray:

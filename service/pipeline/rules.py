@@ -53,7 +53,7 @@ class Dim:
         names = f" ({', '.join(self.names)})" if self.names else ""
         if self.min == self.max and n != self.min:
             kind = "too_short" if n < self.min else "too_long"
-            return error(loc, f"Should have exactly {self.min} {self.label}s{names}, not {n}", kind)
+            return error(loc, f"Should have exactly {self.min} {_plural(self.label, self.min)}{names}, not {n}", kind)
         if n < self.min:
             return error(loc, f"Should have at least {self.min} {_plural(self.label, self.min)}, not {n}", "too_short")
         if n > self.max:

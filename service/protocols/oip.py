@@ -116,6 +116,7 @@ def _envelope(reader: jsondata.Reader) -> InferenceRequest:
     envelope = {k: reader.plain(doc[k]) for k in doc.keys() if k != "inputs"}  # noqa: SIM118 (simdjson)
     if "inputs" in doc.keys():  # noqa: SIM118
         inputs = doc["inputs"]
+        reader.arrays += int(jsondata.is_list(inputs))  # its own bracket; its items count themselves
         envelope["inputs"] = (
             [_tensor(reader, t) if jsondata.is_object(t) else reader.plain(t) for t in inputs]
             if jsondata.is_list(inputs)
@@ -142,7 +143,7 @@ class OipCodec:
     def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[Answer]:
         header, binary = self._split(body)
         read = lambda reader: self._read(reader, binary, spec, limits)  # noqa: E731
-        return jsondata.decode(header, read, loc=(), count_arrays=False)
+        return jsondata.decode(header, read, loc=())
 
     def _read(self, reader: jsondata.Reader, binary: bytes, spec: ModelSpec, limits: Limits) -> Call[Answer]:
         req = _envelope(reader)
@@ -176,11 +177,7 @@ class OipCodec:
             else:
                 if tensor.data is None:
                     raise InvalidInput([error((*loc, "data"), "Field required (or binary_data_size)", "missing")])
-                flat = reader.tensor_data(tensor.data, (*loc, "data"), dtype)
-                if flat.size != count:
-                    msg = f"{flat.size} values for shape {tensor.shape} ({count} values)"
-                    raise InvalidInput([error((*loc, "data"), msg, "shape")])
-                array = flat.reshape(tensor.shape)
+                array = reader.tensor_data(tensor.data, (*loc, "data"), dtype, tensor.shape)
             arrays[tensor.name] = array
         if offset != len(binary):
             msg = f"{len(binary) - offset} bytes of binary data after the last tensor"
