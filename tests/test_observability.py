@@ -1,9 +1,14 @@
 """Metrics, request ids and structured logs."""
 
+import contextlib
 import json
 import logging
+import os
 import re
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -67,6 +72,47 @@ def test_metrics_of_several_workers_add_up(repo: Path) -> None:
         assert sample(text, "lstm_model_info", name="tiny", version="1", provider="CPUExecutionProvider") == 1
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def test_a_worker_that_dies_leaves_no_stale_values(repo: Path) -> None:
+    """Workers killed with requests in flight: once uvicorn has replaced them, the queue gauge is theirs no more."""
+    heavy = {"inputs": [[ROW] * 10_000] * 2, "explain": True}  # about a second in the numpy reference
+    env = {"LSTM_WORKERS": "2", "LSTM_EXPLAIN_MAX_VALUES": "1000000"}
+    with running_server(repo, env) as (url, proc):
+        flights = [threading.Thread(target=_quietly_post, args=(f"{url}/predict", heavy)) for _ in range(4)]
+        for t in flights:
+            t.start()
+        deadline = time.monotonic() + 10
+        while sample(httpx.get(f"{url}/metrics").text, "lstm_queue_depth") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sample(httpx.get(f"{url}/metrics").text, "lstm_queue_depth") >= 2
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        for t in flights:
+            t.join(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if len(_workers(proc.pid)) == 2 and httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        text = httpx.get(f"{url}/metrics").text
+        assert sample(text, "lstm_queue_depth") == 0, [x for x in text.splitlines() if "queue_depth" in x]
+        assert sample(text, "lstm_model_info", name="tiny", version="1", provider="CPUExecutionProvider") == 1
+        assert httpx.post(f"{url}/predict", json={"inputs": [[ROW]]}).status_code == 200
+
+
+def _workers(pid: int) -> list[int]:
+    """uvicorn's worker processes (not multiprocessing's resource tracker)."""
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _quietly_post(url: str, body: dict) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(url, json=body, timeout=30)
 
 
 @pytest.mark.parametrize("fast_path", [True, False])

@@ -1,0 +1,166 @@
+"""Slow, greedy and vanishing clients against the real server (service.server.http): header deadline and
+size cap, body deadline, uploads counted by admission, a cap on connections, and 499 for a client that left."""
+
+import contextlib
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from .conftest import running_server
+
+TIMEOUT_S = 1.0
+ENV = {
+    "LSTM_WORKERS": "1",
+    "LSTM_HEADER_TIMEOUT_S": str(TIMEOUT_S),
+    "LSTM_BODY_TIMEOUT_S": str(TIMEOUT_S),
+    "LSTM_MAX_CONNECTIONS": "8",
+    "LSTM_MAX_QUEUE": "2",
+}
+BODY = orjson.dumps({"inputs": [[[0.5, 11.1, 4.4, 2.8]] * 3]})
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[tuple[str, Path]]:
+    with tempfile.NamedTemporaryFile(suffix=".log") as log, running_server(repo, ENV, output=log) as (url, _):
+        yield url, Path(log.name)
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def upload_head(path: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /health/live HTTP/1.1\r\nHost: t\r\n"], ids=["nothing", "half"])
+def test_headers_must_arrive_in_time(server: tuple[str, Path], sent: bytes) -> None:
+    url, _ = server
+    with connect(url) as sock:
+        sock.sendall(sent)
+        start = time.monotonic()
+        got = answer(sock)  # the server answers 408 and closes
+        waited = time.monotonic() - start
+    assert got.startswith(b"HTTP/1.1 408") and TIMEOUT_S * 0.8 <= waited < TIMEOUT_S + 5, (got, waited)
+    assert httpx.get(f"{url}/health/live").status_code == 200
+
+
+def test_headers_over_the_cap_are_refused_with_431(server: tuple[str, Path]) -> None:
+    url, _ = server
+    with connect(url) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        assert answer(sock).startswith(b"HTTP/1.1 431")
+    ok = httpx.get(f"{url}/health/live", headers={"x-fine": "a" * 8_000})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/tiny/infer"])
+def test_a_body_that_does_not_arrive_in_time_is_a_408(server: tuple[str, Path], path: str) -> None:
+    url, _ = server
+    with connect(url) as sock:
+        sock.sendall(upload_head(path, len(BODY)) + BODY[:10])
+        got = answer(sock)
+    assert b" 408 " in got.split(b"\r\n", 1)[0] and b"did not arrive" in got, got
+
+
+def test_bodies_still_uploading_count_against_admission(server: tuple[str, Path]) -> None:
+    url, _ = server
+    slow = [connect(url) for _ in range(2)]  # LSTM_MAX_QUEUE=2
+    try:
+        for sock in slow:
+            sock.sendall(upload_head("/predict", len(BODY)) + BODY[:10])
+        time.sleep(0.2)
+        r = httpx.post(f"{url}/predict", content=BODY, headers={"content-type": "application/json"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        for sock in slow:
+            sock.sendall(BODY[10:])
+            assert answer_head(sock).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in slow:
+            sock.close()
+    assert httpx.post(f"{url}/predict", content=BODY).status_code == 200
+
+
+def answer_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_open_connections_are_capped(server: tuple[str, Path]) -> None:
+    url, _ = server
+    held = [connect(url) for _ in range(8)]  # LSTM_MAX_CONNECTIONS=8
+    try:
+        time.sleep(0.1)
+        with connect(url) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert answer(sock).startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    assert httpx.get(f"{url}/health/live").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/tiny/infer", "/v1/models/tiny/predict"])
+def test_a_client_that_leaves_is_a_499_never_a_5xx(server: tuple[str, Path], path: str) -> None:
+    url, log = server
+
+    def count() -> float:
+        text = httpx.get(f"{url}/metrics").text
+        lines = [x for x in text.splitlines() if x.startswith("lstm_requests_total{") and 'status="499"' in x]
+        return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
+
+    def logged() -> list[dict]:
+        return [orjson.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+
+    before, seen = count(), len(logged())
+    with connect(url) as sock:
+        sock.sendall(upload_head(path, len(BODY)) + BODY[:10])
+        time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while count() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count() == before + 1
+    lines = [x for x in logged()[seen:] if "status" in x]
+    assert [x["status"] for x in lines if x["path"] != "/metrics"] == [499], lines
+
+
+def test_a_client_leaving_while_others_are_served_harms_nobody(server: tuple[str, Path]) -> None:
+    url, _ = server
+    results: list[int] = []
+
+    def steady() -> None:
+        with httpx.Client(base_url=url) as http:
+            results.extend(http.post("/predict", content=BODY).status_code for _ in range(20))
+
+    worker = threading.Thread(target=steady)
+    worker.start()
+    for _ in range(5):
+        with connect(url) as sock:
+            sock.sendall(upload_head("/predict", len(BODY)) + BODY[:5])
+    worker.join(30)
+    assert results and set(results) <= {200, 503}
