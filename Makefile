@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test lint format train export bench soak docker-test clean
+.PHONY: setup serve test lint format docs train export bench soak docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(VENV)/.dev-deps
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The settings table, generated from service/settings.py (tests/test_docs.py checks it is current).
+docs: $(VENV)/.serve-deps
+	$(BIN)/python -m service.settings > docs/settings.md
 
 # The default model: `make train export` reproduces models/seattle-weather/1 from data/.
 train: $(VENV)/.dev-deps

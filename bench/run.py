@@ -9,7 +9,8 @@ Workloads (bodies cut from the committed data):
   W3  one 2,000-step stream in 20-step chunks, sequential, states carried (wrk + stream.lua)
 
 The service runs with its defaults (a JSON log line per request, written to a file, metrics on),
-with batching off, and with its request log off.
+with batching off, and with its request log off. Then the largest request of each shape family
+the limits allow, each on a fresh server (bench/largest.py): peak memory, time, padding's cost.
 Floors: ONNX Runtime in-process (session.run) for each workload's shapes; W2's whole
 in-process path (orjson decode, ONNX Runtime, orjson encode); a bare ASGI app that
 answers a fixed small JSON (the HTTP floor). Servers: the service with batching on
@@ -39,6 +40,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
+
+from . import largest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -210,6 +213,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         res["floors"],
     )
     w1_32, w1_1, w2 = s["W1 c32"], s["W1 c1"], s["W2 c4"]
+    worst = max(f["peak_mb"] for name, f in res["largest"].items() if name != "padding")
     floor_c1 = bare["W1 c1"]["p50_us"] + fl["ort_W1"]["p50_us"]
     w2_time = 1e6 / w2["rps"]
     return [
@@ -248,6 +252,20 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "met": s["peak_rss_mb"] < 300,
             "unit": "MB",
         },
+        {
+            "target": "peak RSS per process under the largest legal request of each shape family < 300 MB",
+            "value": worst,
+            "goal": 300.0,
+            "met": worst < 300,
+            "unit": "MB",
+        },
+        {
+            "target": "1 x 10,000 + 255 x 1 steps: time <= 1.25x the two parts sent apart",
+            "value": res["largest"]["padding"]["ratio"],
+            "goal": 1.25,
+            "met": res["largest"]["padding"]["ratio"] <= 1.25,
+            "unit": "x",
+        },
     ]
 
 
@@ -280,6 +298,24 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["", "Peak RSS (VmHWM) after all runs:", ""]
     for name, runs in res["servers"].items():
         lines.append(f"- {name}: {runs['peak_rss_mb']:.0f} MB")
+    lines += [
+        "",
+        "Largest legal request of each shape family, one worker on a fresh server (bench/largest.py):",
+        "",
+        "| family | body MB | peak RSS MB | RSS after MB | best time ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, f in res["largest"].items():
+        if name != "padding":
+            lines.append(
+                f"| {name} | {f['body_mb']:.1f} | {f['peak_mb']:.0f} | {f['after_mb']:.0f} | {f['s'] * 1000:.0f} |"
+            )
+    pad = res["largest"]["padding"]
+    lines += [
+        "",
+        f"Padding: 1 x 10,000 + 255 x 1 steps in one request took {pad['together_s'] * 1000:.1f} ms; the two parts "
+        f"sent apart {pad['apart_s'] * 1000:.1f} ms ({pad['ratio']:.2f}x).",
+    ]
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
     for t in res["targets"]:
         lines.append(
@@ -346,6 +382,11 @@ def main() -> int:
                     )
                 out["peak_rss_mb"] = peak_rss_mb(pid)
                 res["servers"][name] = out
+        print("== largest legal requests", flush=True)
+        from training.data import load_csv
+
+        rows = load_csv(ROOT / "data" / "seattle-weather.csv", meta["feature_names"], meta["target_names"]).features
+        res["largest"] = largest.measure(server, rows, meta)
     res["targets"] = targets(res)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -6,83 +6,123 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+def _doc(default: Any, text: str, shown: str | None = None, **constraints: Any) -> Any:
+    """A setting: its default, its one description (the settings table in docs/settings.md is made from
+    these), and how the table shows a default that is worked out at start-up."""
+    extra: dict[str, Any] | None = {"shown": shown} if shown is not None else None
+    return Field(default=default, description=text, json_schema_extra=extra, **constraints)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LSTM_", protected_namespaces=("settings_",))
 
-    # Where the models are: <model_repository>/<name>/<version>/{model.onnx,metadata.json}.
-    model_repository: Path = Path("models")
-    # The model to serve; None: the repository's only model.
-    model_name: str | None = None
-    # Its version; None: the highest.
-    model_version: int | None = Field(default=None, ge=1)
-    # auto: CUDA where ONNX Runtime can use a GPU, else the CPU. cuda: fail at start-up without one.
-    provider: Literal["auto", "cuda", "cpu"] = "auto"
-    # ONNX Runtime threads inside one operator, per worker (None: the cores shared out among the
-    # workers; 0: ONNX Runtime's own choice, one per core).
-    intra_op_threads: int | None = Field(default=None, ge=0)
-    # ONNX Runtime threads across independent operators.
-    inter_op_threads: int = Field(default=1, ge=0)
-    # Limits of one /predict request.
-    max_batch_size: int = Field(default=256, ge=1)  # sequences
-    max_steps: int = Field(default=10_000, ge=1)  # steps in each sequence
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # 413 beyond
-    max_total_values: int = Field(default=2_000_000, ge=1)  # numbers in inputs (steps x features, all sequences)
-    # Deadline of one request, from its body's arrival: 504 beyond, queued work dropped.
-    request_timeout_s: float = Field(default=30.0, gt=0)
-    # Requests admitted at once per worker (being decoded, queued for the model or running);
-    # beyond it the answer is 503 with Retry-After, at once.
-    max_queue: int = Field(default=256, ge=1)
-    # WebSocket streaming (/v1/models/{name}/stream): connections per worker, streams per
-    # connection, and seconds without a message before the server closes it.
-    stream_max_connections: int = Field(default=256, ge=1)
-    stream_max_streams: int = Field(default=64, ge=1)
-    stream_idle_s: float = Field(default=300.0, gt=0)
-    # With "explain": true, steps (over all sequences) x layers x hidden units; each value is six numbers back.
-    explain_max_values: int = Field(default=131_072, ge=1)
-    # Dynamic batching: concurrent requests merged into one ONNX Runtime call.
-    batching: bool = True
-    batch_max_size: int = Field(default=64, ge=1)  # sequences in one merged call; a larger request runs alone
-    # How long a non-full batch waits for more requests (0: an idle model starts at once).
-    batch_max_delay_ms: float = Field(default=0.0, ge=0.0)
-    # Work per ONNX Runtime call: a sequence longer than chunk_steps runs in time chunks of that many
-    # steps, its states carried (exact); one call holds at most call_max_steps sequences x padded steps,
-    # which bounds the memory of the largest request. Sequences are grouped by length, so padding
-    # never costs more than a quarter of the real steps.
-    chunk_steps: int = Field(default=1024, ge=1)
-    call_max_steps: int = Field(default=32768, ge=1)
-    # Answer POST /predict straight from ASGI, before FastAPI's routing and dependencies (faster).
-    # Off: FastAPI serves it, so middleware added to the app sees it too.
-    fast_path: bool = True
-    # Slow and greedy clients, per worker: seconds to send a request's headers (408 and close
-    # beyond), seconds to send its body once the headers are in (408), header bytes (431 beyond),
-    # and open connections (503 beyond).
-    header_timeout_s: float = Field(default=10.0, gt=0)
-    body_timeout_s: float = Field(default=10.0, gt=0)
-    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
-    max_connections: int = Field(default=1024, ge=1)
-    # Where `python -m service` listens.
-    host: str = "127.0.0.1"
-    # uvicorn worker processes, each with its own model and batcher (None: one per core, at most 4).
-    # On a GPU one worker batches best.
-    workers: int | None = Field(default=None, ge=1)
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    log_format: Literal["json", "text"] = "json"  # json: one object per line, one line per request
-    # Serve the interactive API docs at /docs and /redoc.
-    docs: bool = True
-    # API keys, comma-separated. When set, every route but health and metrics needs
-    # `Authorization: Bearer <key>`.
-    api_keys: Annotated[list[str], NoDecode] = Field(default=[], repr=False)
-    # Origins allowed by CORS, comma-separated ("*" for any); none: CORS off.
-    cors_origins: Annotated[list[str], NoDecode] = []
-    # Prometheus metrics at /metrics.
-    metrics: bool = True
+    model_repository: Path = _doc(
+        Path("models"),
+        "Model repository: `<name>/config.pbtxt`, `<name>/<version>/model.onnx` and `metadata.json`; every "
+        "model and version in it is served.",
+    )
+    model_name: str | None = _doc(None, "The default model, behind `/predict` and `/model`.", "the only model")
+    model_version: int | None = _doc(None, "The default model's version.", "the highest", ge=1)
+    provider: Literal["auto", "cuda", "cpu"] = _doc(
+        "auto",
+        "`auto`: CUDA where ONNX Runtime can use a GPU, else the CPU; `cuda`: refuse to start without one; `cpu`.",
+    )
+    workers: int | None = _doc(
+        None,
+        "uvicorn worker processes, each with its own models and batchers (use 1 on a GPU).",
+        "one per core, at most 4",
+        ge=1,
+    )
+    intra_op_threads: int | None = _doc(
+        None,
+        "ONNX Runtime threads within an operator, per worker (0: ONNX Runtime's own choice).",
+        "the cores shared out among the workers",
+        ge=0,
+    )
+    inter_op_threads: int = _doc(1, "ONNX Runtime threads across operators.", ge=0)
+    batching: bool = _doc(True, "Merge concurrent requests into one batch for the model.")
+    batch_max_size: int = _doc(64, "Sequences in one merged batch (a larger request runs alone).", ge=1)
+    batch_max_delay_ms: float = _doc(
+        0.0, "How long a non-full batch waits for more requests; 0: an idle model starts at once.", ge=0.0
+    )
+    chunk_steps: int = _doc(
+        1024,
+        "A longer sequence runs in time chunks of this many steps, its states carried from chunk to chunk "
+        "(exact: an LSTM is a recurrence).",
+        ge=1,
+    )
+    call_max_steps: int = _doc(
+        32768,
+        "Sequences x padded steps of one ONNX Runtime call, and real steps of one merged batch: bounds the "
+        "memory of the largest request. Sequences are grouped by length, so padding costs at most a "
+        "quarter of the real steps.",
+        ge=1,
+    )
+    fast_path: bool = _doc(
+        True, "Answer `POST /predict` straight from ASGI; `false`: through FastAPI (so app middleware sees it)."
+    )
+    max_batch_size: int = _doc(256, "Sequences per request.", ge=1)
+    max_steps: int = _doc(10_000, "Steps per sequence.", ge=1)
+    max_total_values: int = _doc(
+        2_000_000, "Numbers in `inputs`, all sequences together, real steps only (422 beyond).", ge=1
+    )
+    max_body_bytes: int = _doc(
+        16 * 1024 * 1024, "Request body or WebSocket message size (413 or 1009 beyond).", ge=1024
+    )
+    max_queue: int = _doc(
+        256,
+        "Requests admitted at once per worker, every protocol and model together, counted from before the "
+        "body is read (uploading, decoding, queued or running); 503 with `Retry-After` beyond.",
+        ge=1,
+    )
+    request_timeout_s: float = _doc(
+        30.0,
+        "Deadline of one request from its admission, reading the body included: 504 beyond, its queued work "
+        "dropped. Also the drain time on SIGTERM.",
+        gt=0,
+    )
+    header_timeout_s: float = _doc(
+        10.0, "Seconds a client has to send a request's headers (408 and the connection closed beyond).", gt=0
+    )
+    body_timeout_s: float = _doc(10.0, "Seconds a client has to send a request's body (408 beyond).", gt=0)
+    max_header_bytes: int = _doc(16 * 1024, "Size of a request's headers (431 and closed beyond).", ge=1024)
+    max_connections: int = _doc(1024, "Open connections per worker (503 beyond).", ge=1)
+    explain_max_values: int = _doc(
+        131_072, 'With `"explain": true`: steps (all sequences) x layers x hidden units.', ge=1
+    )
+    stream_max_connections: int = _doc(256, "WebSocket stream connections per worker (close 1013 beyond).", ge=1)
+    stream_max_streams: int = _doc(
+        64, "Streams held by one WebSocket connection, given-state streams included (close 1008 beyond).", ge=1
+    )
+    stream_idle_s: float = _doc(
+        300.0, "Seconds without a message before a WebSocket connection is closed (1000).", gt=0
+    )
+    host: str = _doc("127.0.0.1", "Where `python -m service` listens.")
+    port: int = _doc(8000, "Its port.", ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = _doc(
+        "info", "`info` logs one line per request."
+    )
+    log_format: Literal["json", "text"] = _doc("json", "`json` (one object per line) or `text`.")
+    docs: bool = _doc(True, "Serve `/docs`, `/redoc` and `/openapi.json`.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        repr=False,
+        description="Comma-separated keys; when set, every route but health (`/health/*`, `/v2/health/*`) and "
+        "metrics needs `Authorization: Bearer <key>`.",
+        json_schema_extra={"shown": "none"},
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Comma-separated origins allowed by CORS (`*` for any).",
+        json_schema_extra={"shown": "none (CORS off)"},
+    )
+    metrics: bool = _doc(True, "Prometheus metrics at `/metrics`.")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -116,3 +156,28 @@ def available_cpus() -> int:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def markdown() -> str:
+    """The settings table of docs/settings.md, from the fields above: ``python -m service.settings``."""
+    lines = [
+        "# Settings",
+        "",
+        "Environment variables, prefix `LSTM_`. Generated from `service/settings.py` by `make docs`; "
+        "`tests/test_docs.py` checks that it is current.",
+        "",
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for name, f in Settings.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        shown = extra.get("shown")
+        if shown is None:
+            default = f.default
+            shown = f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        lines.append(f"| `LSTM_{name.upper()}` | {shown} | {f.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

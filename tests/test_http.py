@@ -22,6 +22,7 @@ ENV = {
     "LSTM_BODY_TIMEOUT_S": str(TIMEOUT_S),
     "LSTM_MAX_CONNECTIONS": "8",
     "LSTM_MAX_QUEUE": "2",
+    "LSTM_EXPLAIN_MAX_VALUES": "1000000",
 }
 BODY = orjson.dumps({"inputs": [[[0.5, 11.1, 4.4, 2.8]] * 3]})
 
@@ -125,8 +126,20 @@ def test_open_connections_are_capped(server: tuple[str, Path]) -> None:
     assert httpx.get(f"{url}/health/live").status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/predict", "/v2/models/tiny/infer", "/v1/models/tiny/predict"])
-def test_a_client_that_leaves_is_a_499_never_a_5xx(server: tuple[str, Path], path: str) -> None:
+HEAVY = orjson.dumps({"inputs": [[[0.5, 11.1, 4.4, 2.8]] * 10_000] * 2, "explain": True})  # about a second
+
+
+@pytest.mark.parametrize(
+    ("path", "sent"),
+    [
+        ("/predict", BODY[:10]),
+        ("/v2/models/tiny/infer", BODY[:10]),
+        ("/v1/models/tiny/predict", BODY[:10]),
+        ("/predict", HEAVY),  # the whole body: the client leaves while the model works
+    ],
+    ids=["predict", "v2", "v1", "while-working"],
+)
+def test_a_client_that_leaves_is_a_499_never_a_5xx(server: tuple[str, Path], path: str, sent: bytes) -> None:
     url, log = server
 
     def count() -> float:
@@ -139,9 +152,9 @@ def test_a_client_that_leaves_is_a_499_never_a_5xx(server: tuple[str, Path], pat
 
     before, seen = count(), len(logged())
     with connect(url) as sock:
-        sock.sendall(upload_head(path, len(BODY)) + BODY[:10])
-        time.sleep(0.1)
-    deadline = time.monotonic() + 5
+        sock.sendall(upload_head(path, len(BODY) if sent is not HEAVY else len(HEAVY)) + sent)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
     while count() == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert count() == before + 1

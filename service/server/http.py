@@ -17,6 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from ..pipeline.errors import BodyTimeout, ClientDisconnected, PayloadTooLarge
 from ..settings import get_settings
 from . import metrics
+from .middleware import CLIENT_LEFT
 
 JSON = b"application/json"
 
@@ -135,7 +136,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            # Lets the request log tell a client that left before its answer (499) from one served.
+            cycle.scope["state"][CLIENT_LEFT] = lambda: cycle.disconnected
 
     def data_received(self, data: bytes) -> None:
         if not self.transport.is_closing():

@@ -25,6 +25,8 @@ from . import metrics
 
 log = logging.getLogger("service.access")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+CLIENT_LEFT = "lstm.client_left"  # in scope["state"], set by the server: true once the client left unanswered
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
 OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 
 
@@ -64,6 +66,9 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
+            client_left = scope["state"].get(CLIENT_LEFT)
+            if client_left is not None and client_left():
+                status = CLIENT_CLOSED_REQUEST  # whatever was sent, nobody received it
             route = metrics.route_label(scope["path"])
             if self.metrics_on:
                 metrics.REQUESTS.labels(route, str(status)).inc()
