@@ -30,3 +30,11 @@ def test_every_relative_link_resolves() -> None:
             if "://" in target:
                 continue
             assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def test_compose_passes_every_setting_through() -> None:
+    compose = (ROOT / "docker-compose.yml").read_text()
+    service_env = compose.split("environment:", 1)[1].split("ports:", 1)[0]
+    passed = set(re.findall(r"^\s+(LSTM_[A-Z_]+):", service_env, re.MULTILINE))
+    expected = {f"LSTM_{name.upper()}" for name in settings.Settings.model_fields if name != "model_repository"}
+    assert passed == expected
