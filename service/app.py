@@ -13,8 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from .model.engine import Engine, ModelSpec
-from .model.errors import ExplainUnavailable
+from .model.contract import ModelSpec
+from .model.engine import Engine
 from .pipeline.errors import ServiceError
 from .pipeline.registry import Registry
 from .protocols import rest
@@ -87,12 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip_router)
 
     async def typed_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError | ExplainUnavailable)
+        assert isinstance(exc, ServiceError)
         status, body, headers = rest.error_response(exc)
         return JSONResponse(body, status_code=status, headers=headers)
 
     app.add_exception_handler(ServiceError, typed_error)
-    app.add_exception_handler(ExplainUnavailable, typed_error)
     # The last added runs first: RequestContext, then CORS, then the key check, then the fast path.
     if s.fast_path:
         app.add_middleware(PredictFastPath)

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_batch_size: int = _doc(256, "Sequences per request.", ge=1)
     max_steps: int = _doc(10_000, "Steps per sequence.", ge=1)
     max_total_values: int = _doc(
-        2_000_000, "Numbers in `inputs`, all sequences together, real steps only (422 beyond).", ge=1
+        2_000_000, "Numbers in `inputs` (`x` on `/v2`), all sequences together, real steps only.", ge=1
     )
     max_body_bytes: int = _doc(
         16 * 1024 * 1024, "Request body or WebSocket message size (413 or 1009 beyond).", ge=1024

@@ -73,7 +73,7 @@ def test_limits_of_one_merged_call(engine: Engine, weather: np.ndarray, rng: np.
     rec = Recording(engine, gate)
     short = [request(engine, windows(weather, [5, 5], rng), rng) for _ in range(6)]
     long = request(engine, windows(weather, [200], rng), rng)
-    batcher = Batcher(rec, max_batch_size=6, max_steps=60)  # type: ignore[arg-type]
+    batcher = Batcher(rec, max_batch_size=6, max_merged_steps=60)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         batcher.start()

@@ -19,8 +19,7 @@ def engine(repo: Path) -> Engine:
 
 
 def _batch(engine: Engine, seqs: list[np.ndarray]) -> Batch:
-    z = engine.zero_states(len(seqs))
-    return Batch([s.astype(np.float32) for s in seqs], z, z)
+    return Batch([s.astype(np.float32) for s in seqs], *engine.spec.zero_states(len(seqs)))
 
 
 def test_reports_the_provider_that_actually_runs(engine: Engine) -> None:

@@ -157,7 +157,7 @@ def test_a_client_that_leaves_is_a_499_never_a_5xx(server: tuple[str, Path], pat
     deadline = time.monotonic() + 10
     while count() == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert count() == before + 1
+    assert count() == before + 1, [(x["path"], x["status"]) for x in logged()[seen:] if "status" in x]
     lines = [x for x in logged()[seen:] if "status" in x]
     assert [x["status"] for x in lines if x["path"] != "/metrics"] == [499], lines
 

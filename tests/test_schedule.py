@@ -84,8 +84,7 @@ def test_one_long_sequence_does_not_pad_many_short_ones(model: Path, weather: np
     """1 x 3,000 steps and 255 x 1 step cost about 3,255 steps, not 256 x 3,000."""
     engine = Engine.load(model, "cpu")
     seqs = [weather[:3000].astype(np.float32), *[weather[i : i + 1].astype(np.float32) for i in range(255)]]
-    z = engine.zero_states(len(seqs))
     before = engine.steps_run
-    engine.predict(Batch(seqs, z, z))
+    engine.predict(Batch(seqs, *engine.spec.zero_states(len(seqs))))
     real = 3000 + 255
     assert engine.steps_run - before <= real * schedule.WASTE + schedule.SLACK, engine.steps_run - before

@@ -13,7 +13,10 @@ This module imports nothing heavy: training, export and the service all read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -21,7 +24,6 @@ CONFIG_FILE = "config.pbtxt"
 
 INPUTS = ("x", "h0", "c0", "lengths")
 OUTPUTS = ("y", "hn", "cn")
-STATES = ("h0", "c0")  # given together or not at all
 FINAL_STATES = ("hn", "cn")
 
 
@@ -34,7 +36,8 @@ class TensorSpec:
 
 
 def tensors(input_size: int, output_size: int, hidden_size: int, num_layers: int) -> dict[str, TensorSpec]:
-    """Every input and output of the graph, by name, in signature order (inputs, then outputs)."""
+    """Every input and output of the graph, by name, in signature order (inputs, then outputs).
+    Takes sizes rather than a ModelSpec: export calls it before any metadata exists."""
     state = (num_layers, -1, hidden_size)
     specs = [
         TensorSpec("x", "FP32", (-1, -1, input_size), "batch, steps, features"),
@@ -46,3 +49,26 @@ def tensors(input_size: int, output_size: int, hidden_size: int, num_layers: int
         TensorSpec("cn", "FP32", state, "layers, batch, hidden"),
     ]
     return {t.name: t for t in specs}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the served model is: read from its metadata and checked against the ONNX graph."""
+
+    name: str
+    version: str
+    input_size: int  # F
+    output_size: int  # O
+    hidden_size: int  # H
+    num_layers: int  # L
+    feature_names: list[str]
+    target_names: list[str]
+    metadata: dict[str, Any] = field(repr=False)
+
+    def graph(self) -> dict[str, TensorSpec]:
+        return tensors(self.input_size, self.output_size, self.hidden_size, self.num_layers)
+
+    def zero_states(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Initial h and c of ``batch`` sequences: zeros [L, B, H] float32, two separate arrays."""
+        shape = (self.num_layers, batch, self.hidden_size)
+        return np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)

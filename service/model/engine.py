@@ -6,44 +6,30 @@ import importlib.util
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from ..settings import Settings
 from . import schedule
 from .batch import Batch, SequenceResult
-from .contract import INPUTS, METADATA_FILE, MODEL_FILE, OUTPUTS
+from .contract import INPUTS, METADATA_FILE, MODEL_FILE, OUTPUTS, ModelSpec
 from .errors import ModelLoadError
 from .explain import Explainer
 
-log = logging.getLogger("service.engine")
+log = logging.getLogger(__name__)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 _NUMPY_TYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
 _OUTPUTS = list(OUTPUTS)
-CHUNK_STEPS = 1024  # a longer sequence runs in time chunks of this many steps, its states carried
-CALL_MAX_STEPS = 32768  # sequences x padded steps of one ONNX Runtime call
+# The defaults of LSTM_CHUNK_STEPS and LSTM_CALL_MAX_STEPS (Settings says what they mean).
+CHUNK_STEPS: int = Settings.model_fields["chunk_steps"].default
+CALL_MAX_STEPS: int = Settings.model_fields["call_max_steps"].default
 SHRINK_STEPS = 4096  # after a call larger than this, the CPU arena returns what the call took
 _SHRINK = ort.RunOptions()
 _SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the served model is: read from its metadata and checked against the ONNX graph."""
-
-    name: str
-    version: str
-    input_size: int  # F
-    output_size: int  # O
-    hidden_size: int  # H
-    num_layers: int  # L
-    feature_names: list[str]
-    target_names: list[str]
-    metadata: dict[str, Any] = field(repr=False)
 
 
 def _read_metadata(folder: Path) -> dict[str, Any]:
@@ -125,8 +111,7 @@ class Engine:
         self.folder = folder
         self.chunk_steps = chunk_steps
         self.call_max_steps = max(call_max_steps, chunk_steps)  # a chunk of one sequence always fits
-        self.calls = 0  # ONNX Runtime calls made, and the padded steps they ran: the work really done
-        self.steps_run = 0
+        self.steps_run = 0  # sequences x padded steps of every ONNX Runtime call: the work really done
         self.providers: list[str] = session.get_providers()  # what actually runs, fallbacks included
         self.lengths_dtype = _NUMPY_TYPES.get({i.name: i.type for i in session.get_inputs()}["lengths"], np.int32)
         self._explainer: Explainer | None = None  # built on the first explain request
@@ -181,15 +166,11 @@ class Engine:
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine
 
-    def zero_states(self, batch: int) -> np.ndarray:
-        return np.zeros((self.spec.num_layers, batch, self.spec.hidden_size), dtype=np.float32)
-
     def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """One ONNX Runtime call on a padded batch. A call larger than SHRINK_STEPS gives the memory its
         activations took back to the system afterwards: ONNX Runtime's arena otherwise keeps its peak."""
         feeds = dict(zip(INPUTS, (x, h0, c0, lengths.astype(self.lengths_dtype)), strict=True))
         options = _SHRINK if x.shape[0] * x.shape[1] > SHRINK_STEPS else None
-        self.calls += 1
         self.steps_run += x.shape[0] * x.shape[1]
         out: list[np.ndarray] = self.session.run(_OUTPUTS, feeds, options)
         return out
@@ -239,5 +220,4 @@ class Engine:
         """One small inference, so the first request does not pay for lazy initialisation."""
         x = np.zeros((2, self.spec.input_size), dtype=np.float32)
         x += np.asarray(self.spec.metadata.get("feature_means", 0.0), dtype=np.float32)
-        h0 = self.zero_states(1)
-        self.predict(Batch([x], h0, h0))
+        self.predict(Batch([x], *self.spec.zero_states(1)))

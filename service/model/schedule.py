@@ -25,7 +25,7 @@ SLACK = 64  # ... plus this many
 
 
 @dataclass(frozen=True)
-class Call:
+class Run:
     """One ONNX Runtime call: some sequences, one time chunk of each."""
 
     rows: np.ndarray  # indices of the sequences in the batch
@@ -38,11 +38,11 @@ class Call:
         return len(self.rows) * self.padded
 
 
-def plan(lengths: np.ndarray, chunk_steps: int, call_max_steps: int) -> list[list[Call]]:
+def plan(lengths: np.ndarray, chunk_steps: int, call_max_steps: int) -> list[list[Run]]:
     """Waves of calls covering every step of every sequence exactly once; calls in a wave are independent."""
     order = np.argsort(-lengths, kind="stable")  # longest first: each wave's live sequences are a prefix
     ordered = lengths[order]
-    waves: list[list[Call]] = []
+    waves: list[list[Run]] = []
     start = 0
     while start < ordered[0]:
         live = int(np.count_nonzero(ordered > start))
@@ -52,8 +52,8 @@ def plan(lengths: np.ndarray, chunk_steps: int, call_max_steps: int) -> list[lis
     return waves
 
 
-def _groups(rows: np.ndarray, steps: np.ndarray, start: int, call_max_steps: int) -> list[Call]:
-    calls: list[Call] = []
+def _groups(rows: np.ndarray, steps: np.ndarray, start: int, call_max_steps: int) -> list[Run]:
+    calls: list[Run] = []
     i, n = 0, len(rows)
     cumulative = np.concatenate(([0], np.cumsum(steps)))
     while i < n:
@@ -66,6 +66,6 @@ def _groups(rows: np.ndarray, steps: np.ndarray, start: int, call_max_steps: int
             if (j + 1 - i) * padded > real * WASTE + SLACK:
                 break
             j += 1
-        calls.append(Call(rows[i:j], start, steps[i:j], padded))
+        calls.append(Run(rows[i:j], start, steps[i:j], padded))
         i = j
     return calls

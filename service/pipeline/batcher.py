@@ -17,11 +17,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .. import metrics
 from ..model.batch import Batch, SequenceResult, merge
 from ..model.engine import CALL_MAX_STEPS, Engine
-from ..server import metrics
 
-log = logging.getLogger("service.batcher")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,14 +52,14 @@ class Batcher:
         engine: Engine,
         max_batch_size: int = 64,
         max_delay_s: float = 0.0,
-        max_steps: int = CALL_MAX_STEPS,
+        max_merged_steps: int = CALL_MAX_STEPS,
     ) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size  # sequences in one merged call (a larger request runs alone)
         self.max_delay_s = max_delay_s  # how long a non-full batch may wait for more calls
         # Real steps of one merged call (a larger request runs alone), so that small requests are not
         # held up behind a long one.
-        self.max_steps = max_steps
+        self.max_merged_steps = max_merged_steps
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._held: _Job | None = None  # a job that did not fit the last batch: first in the next
         self._thread = threading.Thread(target=self._work, name="lstm-batcher", daemon=True)
@@ -86,7 +86,7 @@ class Batcher:
         return await job.future
 
     def _fits(self, size: int, steps: int, job: _Job) -> bool:
-        return size + job.size <= self.max_batch_size and steps + job.steps <= self.max_steps
+        return size + job.size <= self.max_batch_size and steps + job.steps <= self.max_merged_steps
 
     def _collect(self, first: _Job) -> list[_Job]:
         jobs, size, steps = [first], first.size, first.steps

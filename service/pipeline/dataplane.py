@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
+from .. import metrics
 from ..model.batch import Batch, SequenceResult
-from ..model.engine import Engine, ModelSpec
-from ..server import memory, metrics
+from ..model.contract import ModelSpec
+from ..model.engine import Engine
+from ..model.errors import ExplainUnavailable
+from . import memory
 from .batcher import Batcher
-from .errors import DeadlineExceeded, Overloaded
+from .errors import DeadlineExceeded, InvalidInput, Loc, Overloaded, error
 from .rules import Limits
 
 INLINE_DECODE_BYTES = 256 * 1024  # larger bodies are decoded off the event loop
@@ -34,6 +37,7 @@ class Call(Generic[C]):
 
     batch: Batch
     explain: bool = False  # also return per-step gates and states
+    explain_loc: Loc = ("explain",)  # where the request asked for them, for an error about it
     context: C | None = None  # the codec's own: requested outputs, a stream's name
 
 
@@ -78,8 +82,7 @@ class DataPlane:
     limits: Limits
     batcher: Batcher | None  # None: each request runs alone in a worker thread
     admission: Admission
-    timeout_s: float = 30.0  # deadline of one request, from its admission
-    steps: int = field(default=0, init=False)  # real steps served (tests compare it with the engine's)
+    timeout_s: float  # deadline of one request, from its admission
 
     async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
         """Admit, then read, decode, infer and encode within the deadline."""
@@ -105,11 +108,15 @@ class DataPlane:
                 memory.trim()
 
     async def infer(self, call: Call[Any]) -> Outcome:
-        self.steps += call.batch.steps
         if self.batcher is not None:
             results = await self.batcher.predict(call.batch)  # cancelled at the deadline: dropped if still queued
         else:
             results = await run_in_threadpool(self.engine.predict, call.batch)
         if not call.explain:
             return Outcome(results)
-        return Outcome(results, await run_in_threadpool(self.engine.explain, call.batch))
+        try:
+            return Outcome(results, await run_in_threadpool(self.engine.explain, call.batch))
+        except ExplainUnavailable as e:
+            raise InvalidInput(
+                [error(call.explain_loc, f"This model cannot be explained: {e}", "explain_unavailable")]
+            ) from None

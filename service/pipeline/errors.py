@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model.errors import ExplainUnavailable
-
 Loc = tuple[str | int, ...]
 
 
@@ -93,7 +91,3 @@ class DeadlineExceeded(ServiceError):
     """The request ran past its deadline; its queued work is dropped."""
 
     status = 504
-
-
-def explain_unavailable(exc: ExplainUnavailable, loc: Loc) -> InvalidInput:
-    return InvalidInput([error(loc, f"This model cannot be explained: {exc}", "explain_unavailable")])

@@ -8,7 +8,7 @@ hold exactly the arrays those shapes account for, so a nested or misplaced array
 unseen (a ``[`` inside a string only sends the body down the exact path).
 
 Anything the fast reader does not take whole (a wrong count, a non-number, an integer beyond
-64 bits, a syntax error, any invalid input) sends the body to the exact reader: orjson and a walk
+64 bits, a syntax error) sends the body to the exact reader: orjson and a walk
 over Python values that names every place at fault. The exact reader decides and words every
 error; the fast one only ever accepts what the exact one would.
 """
@@ -27,7 +27,6 @@ from .errors import InvalidInput, Loc, error
 from .rules import Dim
 
 T = TypeVar("T")
-Lazy = (simdjson.Array, simdjson.Object)
 _LISTS = (list, simdjson.Array)
 
 
@@ -42,7 +41,9 @@ def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",)) -> T:
         result = read(reader)
         reader.finish()
         return result
-    except (NotFast, InvalidInput, KeyError, IndexError, TypeError, ValueError, RuntimeError):
+    except InvalidInput:  # refused by a rule on whole arrays or counts: the wording is final
+        raise
+    except (NotFast, KeyError, IndexError, TypeError, ValueError, RuntimeError):
         # Whatever the fast reader stumbles on, the exact one decides, and words the error.
         return read(Reader(body, exact=True, loc=loc))
 

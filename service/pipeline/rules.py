@@ -24,20 +24,21 @@ from typing import Any
 import numpy as np
 
 from ..model.batch import Batch
-from ..model.engine import ModelSpec
+from ..model.contract import ModelSpec
 from .errors import InvalidInput, Loc, error
 
 MAX_ERRORS = 20  # a body with a million wrong values gets the first few named, not a million-line answer
 INT_RANGES = {np.dtype("<i4"): "INT32", np.dtype("<i8"): "INT64"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Limits:
     max_batch_size: int  # sequences per request
     max_steps: int  # steps per sequence
     explain_max_values: int  # with explain: steps (all sequences) x layers x hidden units
     max_body_bytes: int  # request body size
     max_total_values: int  # numbers in inputs, all sequences, real steps only
+    body_timeout_s: float  # seconds to receive a body
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,20 @@ class Dim:
         if n > self.max:
             return error(loc, f"Should have at most {self.max} {_plural(self.label, self.max)}, not {n}", "too_long")
         return None
+
+
+def sequence_dims(spec: ModelSpec, limits: Limits) -> list[Dim]:
+    """``[sequence][step][value]``: how many of each a request may hold, for every reader and ``batch``."""
+    return [
+        Dim("sequence", 1, limits.max_batch_size),
+        Dim("step", 1, limits.max_steps),
+        Dim("value", spec.input_size, spec.input_size, spec.feature_names),
+    ]
+
+
+def state_dims(spec: ModelSpec) -> list[Dim]:
+    """``[layer][unit]``: one sequence's h or c."""
+    return [Dim("layer", spec.num_layers, spec.num_layers), Dim("unit", spec.hidden_size, spec.hidden_size)]
 
 
 def _plural(label: str, n: int) -> str:
@@ -148,24 +163,27 @@ def batch(
     limits: Limits,
     places: Places,
     explain: bool = False,
+    padded_steps: int | None = None,
 ) -> Batch:
-    """The validated batch: sequences ``[T_i, F]`` float32 and states ``[L, B, H]`` float32 (or None)."""
+    """The validated batch: sequences ``[T_i, F]`` float32 and states ``[L, B, H]`` float32 (zeros when
+    both are None).
+    The one place where the counts and limits are decided and worded, for every protocol.
+    ``padded_steps``: the time axis the request itself sent (a padded tensor), bounded like a sequence."""
     if (h0 is None) != (c0 is None):
         missing = places.c0 if c0 is None else places.h0
         raise InvalidInput([error(missing, "h0 and c0 go together: give both or neither", "missing")])
     n = len(x)
-    if not 1 <= n <= limits.max_batch_size:
-        msg = f"Should have 1 to {limits.max_batch_size} sequences, not {n}"
-        raise InvalidInput([error(places.x, msg, "too_short" if n < 1 else "too_long")])
+    seq_dim, step_dim, _ = sequence_dims(spec, limits)
+    if count := seq_dim.count_error(n, places.x):
+        raise InvalidInput([count])
+    if padded_steps is not None and (count := step_dim.count_error(padded_steps, places.x)):
+        raise InvalidInput([count])
+    for i, s in enumerate(x):
+        if count := step_dim.count_error(len(s), (*places.x, i)):
+            raise InvalidInput([count])
+        if s.ndim != 2 or s.shape[1] != spec.input_size or s.dtype != np.float32:
+            raise InvalidInput([error((*places.x, i), f"Each step should hold {spec.input_size} values", "shape")])
     lengths = np.fromiter((len(s) for s in x), dtype=np.int64, count=n)
-    if any(s.ndim != 2 or s.shape[1] != spec.input_size for s in x):
-        i = next(i for i, s in enumerate(x) if s.ndim != 2 or s.shape[1] != spec.input_size)
-        raise InvalidInput([error((*places.x, i), f"Each step should hold {spec.input_size} values", "shape")])
-    bad = np.flatnonzero((lengths < 1) | (lengths > limits.max_steps))
-    if len(bad):
-        i = int(bad[0])
-        msg = f"Should have 1 to {limits.max_steps} steps, not {lengths[i]}"
-        raise InvalidInput([error((*places.x, i), msg, "too_short" if lengths[i] < 1 else "too_long")])
     values = int(lengths.sum()) * spec.input_size
     if values > limits.max_total_values:
         msg = f"Should have at most {limits.max_total_values} values in all, not {values}"
@@ -180,6 +198,10 @@ def batch(
             )
             raise InvalidInput([error(places.explain, msg, "too_long", limit=limits.explain_max_values)])
     if h0 is None or c0 is None:
-        zeros = np.zeros((spec.num_layers, n, spec.hidden_size), dtype=np.float32)
-        return Batch(x, zeros, zeros)
+        return Batch(x, *spec.zero_states(n))
+    for name, state, place in (("h0", h0, places.h0), ("c0", c0, places.c0)):
+        if state.shape != (spec.num_layers, n, spec.hidden_size) or state.dtype != np.float32:
+            msg = f"{name} should be float32 [{spec.num_layers} layers][{n} sequences][{spec.hidden_size} units]"
+            raise InvalidInput([error(place, msg, "shape")])
+        finite_float32(state, place)
     return Batch(x, h0, c0)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..model.errors import ExplainUnavailable
 from ..pipeline.dataplane import DataPlane
 from ..pipeline.errors import ServiceError
-from ..server.http import read_body, respond
+from ..server.http import body_reader, respond
 from . import rest
 
 
@@ -32,10 +31,9 @@ class PredictFastPath:
         if plane is None:
             await respond(send, 503, orjson.dumps({"detail": "model not loaded yet"}))
             return
-        limit, timeout = plane.limits.max_body_bytes, state.settings.body_timeout_s
         try:
-            answer = await plane.serve(rest.CODEC, lambda: read_body(scope, receive, limit, timeout))
-        except (ServiceError, ExplainUnavailable) as exc:
+            answer = await plane.serve(rest.CODEC, body_reader(scope, receive, plane.limits))
+        except ServiceError as exc:
             status, detail, headers = rest.error_response(exc)
             await respond(send, status, orjson.dumps(detail), headers)
             return

@@ -21,9 +21,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from ..model.batch import Batch
-from ..model.contract import FINAL_STATES, INPUTS, OUTPUTS, tensors
-from ..model.engine import ModelSpec
-from ..model.errors import ExplainUnavailable
+from ..model.contract import FINAL_STATES, INPUTS, OUTPUTS, ModelSpec
 from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, ServiceError, error
@@ -126,7 +124,9 @@ def _envelope(reader: jsondata.Reader) -> InferenceRequest:
         return InferenceRequest.model_validate(envelope)
     except ValidationError as e:
         raise InvalidInput(
-            [error(tuple(err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)][:20]
+            [error(tuple(err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)][
+                : rules.MAX_ERRORS
+            ]
         ) from None
 
 
@@ -256,7 +256,7 @@ def _float(arrays: dict[str, np.ndarray], name: str, shape: tuple[int | None, ..
 
 def _batch(arrays: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Batch:
     """The tensors as the pipeline's batch: each sequence cut to its own length, so padding costs nothing."""
-    graph = tensors(spec.input_size, spec.output_size, spec.hidden_size, spec.num_layers)
+    graph = spec.graph()
     if "x" not in arrays:
         raise InvalidInput([error(("inputs",), "Input 'x' is required", "missing")])
     x = _float(arrays, "x", (None, None, spec.input_size), graph["x"].meaning)
@@ -277,20 +277,18 @@ def _batch(arrays: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Ba
             msg = f"{int(lengths[at])} is outside 1..{steps} (the steps of x)"
             raise InvalidInput([error(("lengths", at), msg, "length")])
         seqs = [x[i, :n] for i, n in enumerate(lengths.tolist())]
-    return rules.batch(seqs, h0, c0, spec, limits, PLACES)
+    return rules.batch(seqs, h0, c0, spec, limits, PLACES, padded_steps=steps)
 
 
-def error_response(exc: ServiceError | ExplainUnavailable) -> tuple[int, bytes, dict[str, str]]:
+def error_response(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
     """Status, body and headers: the protocol's one mapping of the pipeline's errors (400 for invalid input)."""
     if isinstance(exc, InvalidInput):
         return 400, orjson.dumps({"error": exc.lines()}), {}
-    if isinstance(exc, ExplainUnavailable):
-        return 400, orjson.dumps({"error": str(exc)}), {}
     return exc.status, orjson.dumps({"error": str(exc)}), dict(exc.headers)
 
 
 def model_metadata(spec: ModelSpec, versions: list[str]) -> dict[str, Any]:
-    graph = tensors(spec.input_size, spec.output_size, spec.hidden_size, spec.num_layers)
+    graph = spec.graph()
 
     def entries(names: tuple[str, ...]) -> list[dict[str, Any]]:
         return [{"name": n, "datatype": graph[n].datatype, "shape": list(graph[n].dims)} for n in names]

@@ -12,12 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..model.engine import ModelSpec
-from ..model.errors import ExplainUnavailable
+from ..model.contract import ModelSpec
 from ..pipeline.errors import InvalidInput, ServiceError, error
 from ..pipeline.registry import Registry
-from ..server.http import read_body
-from ..server.shutdown import DRAINING
+from ..server.http import body_reader
+from ..server.shutdown import DRAINING, is_ready
 from . import oip
 from .rest_routes import get_registry
 
@@ -36,7 +35,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def protocol_error(exc: ServiceError | ExplainUnavailable) -> Response:
+def protocol_error(exc: ServiceError) -> Response:
     status, body, headers = oip.error_response(exc)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
@@ -48,8 +47,8 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", summary="Server ready", responses={503: {"description": "Not ready."}})
 async def ready(request: Request) -> JSONResponse:
-    is_ready = bool(getattr(request.app.state, "ready", False)) and not DRAINING.is_set()
-    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+    ready = is_ready(request.app.state)
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 @router.get("", summary="Server metadata")
@@ -165,14 +164,9 @@ async def _infer(request: Request, registry: Registry, name: str, version: str |
     try:
         plane = registry.get(name, version)
         codec = oip.OipCodec(_header_length(request))
-        limit, timeout = plane.limits.max_body_bytes, request.app.state.settings.body_timeout_s
-        answer, answer_header = await plane.serve(
-            codec, lambda: read_body(request.scope, request.receive, limit, timeout)
-        )
-    except (ServiceError, ExplainUnavailable) as exc:
+        answer, answer_header = await plane.serve(codec, body_reader(request.scope, request.receive, plane.limits))
+    except ServiceError as exc:
         return protocol_error(exc)
     if answer_header is None:
         return Response(answer, media_type="application/json")
-    return Response(
-        answer, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(answer_header)}
-    )
+    return Response(answer, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(answer_header)})

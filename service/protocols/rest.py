@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..model.engine import ModelSpec
-from ..model.errors import ExplainUnavailable
+from ..model.contract import ModelSpec
 from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
-from ..pipeline.errors import InvalidInput, PayloadTooLarge, ServiceError, error, explain_unavailable
+from ..pipeline.errors import InvalidInput, PayloadTooLarge, ServiceError, error
 from ..pipeline.rules import Dim, Limits
 
 FIELDS = ("inputs", "h0", "c0", "explain")
@@ -41,17 +40,8 @@ class RestCodec:
             errors.append(error(("body", "explain"), "Input should be a valid boolean", "bool_type"))
         if errors:
             raise InvalidInput(errors)
-        dims = [
-            Dim("sequence", 1, limits.max_batch_size),
-            Dim("step", 1, limits.max_steps),
-            Dim("value", spec.input_size, spec.input_size, spec.feature_names),
-        ]
-        x = reader.sequences(doc["inputs"], PLACES.x, dims)
-        state_dims = [
-            Dim("sequence", len(x), len(x)),  # one per sequence of inputs
-            Dim("layer", spec.num_layers, spec.num_layers),
-            Dim("unit", spec.hidden_size, spec.hidden_size),
-        ]
+        x = reader.sequences(doc["inputs"], PLACES.x, rules.sequence_dims(spec, limits))
+        state_dims = [Dim("sequence", len(x), len(x)), *rules.state_dims(spec)]  # one per sequence of inputs
         states: dict[str, np.ndarray | None] = {}
         for name, loc in (("h0", PLACES.h0), ("c0", PLACES.c0)):
             value = doc[name] if name in keys else None
@@ -62,7 +52,7 @@ class RestCodec:
                 errors.extend(e.errors)
         if errors:
             raise InvalidInput(errors)
-        return Call(rules.batch(x, states["h0"], states["c0"], spec, limits, PLACES, explain), explain)
+        return Call(rules.batch(x, states["h0"], states["c0"], spec, limits, PLACES, explain), explain, PLACES.explain)
 
     def encode(self, call: Call[None], outcome: Outcome, spec: ModelSpec) -> bytes:
         results = outcome.results
@@ -80,10 +70,8 @@ class RestCodec:
 CODEC = RestCodec()
 
 
-def error_response(exc: ServiceError | ExplainUnavailable) -> tuple[int, dict[str, Any], dict[str, str]]:
+def error_response(exc: ServiceError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Status, FastAPI-shaped body and headers: the REST protocol's one mapping of the pipeline's errors."""
-    if isinstance(exc, ExplainUnavailable):
-        exc = explain_unavailable(exc, PLACES.explain)
     if isinstance(exc, InvalidInput):
         return exc.status, {"detail": exc.errors}, {}
     if isinstance(exc, PayloadTooLarge):

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
+from .. import metrics
 from ..model.engine import Engine
 from ..pipeline.dataplane import DataPlane
 from ..pipeline.errors import UnknownModel
 from ..pipeline.registry import Registry
-from ..server import metrics
-from ..server.http import read_body
-from ..server.shutdown import DRAINING
+from ..server.http import body_reader
+from ..server.shutdown import is_ready
 from ..settings import Settings
 from . import rest
 from .schemas import (
@@ -88,8 +88,7 @@ V1_PREDICT_DOCS = {**PREDICT_DOCS, "responses": {**PREDICT_DOCS["responses"], **
 
 
 async def serve_predict(request: Request, plane: DataPlane) -> Response:
-    limit, timeout = plane.limits.max_body_bytes, request.app.state.settings.body_timeout_s
-    answer = await plane.serve(rest.CODEC, lambda: read_body(request.scope, request.receive, limit, timeout))
+    answer = await plane.serve(rest.CODEC, body_reader(request.scope, request.receive, plane.limits))
     return Response(answer, media_type="application/json")
 
 
@@ -188,7 +187,7 @@ async def live() -> Health:
     summary="The model is loaded and warmed up",
 )
 async def ready(request: Request) -> Response:
-    if getattr(request.app.state, "ready", False) and not DRAINING.is_set():
+    if is_ready(request.app.state):
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "not ready"}, status_code=503)
 

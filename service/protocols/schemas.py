@@ -1,7 +1,7 @@
 """Pydantic models of the HTTP contract, for the OpenAPI docs and the small JSON routes.
 
-``/predict`` is parsed by ``payload`` (orjson and numpy, far faster than pydantic on
-nested float lists); ``PredictRequest`` documents exactly what that parser accepts.
+``/predict`` is parsed by its codec (``protocols.rest``, with ``pipeline.jsondata``: far faster than
+pydantic on nested float lists); ``PredictRequest`` documents exactly what that codec accepts.
 """
 
 from __future__ import annotations

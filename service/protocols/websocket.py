@@ -26,7 +26,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..model.batch import Batch
-from ..model.engine import ModelSpec
+from ..model.contract import ModelSpec
 from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, DataPlane, Outcome
 from ..pipeline.errors import (
@@ -39,7 +39,7 @@ from ..pipeline.errors import (
     UnknownModel,
     error,
 )
-from ..pipeline.rules import Dim, Limits
+from ..pipeline.rules import Limits
 
 INVALID, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER, NORMAL = 1007, 1003, 1008, 1009, 1013, 1000
 FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state")
@@ -120,16 +120,13 @@ class StreamCodec:
         if flags.get("reset") is True or flags.get("state") is True:
             if flags.get("state") is True and name not in self.streams:
                 raise InvalidInput([error(("stream",), f"no stream {name!r} on this connection", "unknown_stream")])
-            no_work = Batch([], zeros(spec, 0), zeros(spec, 0))
+            no_work = Batch([], *spec.zero_states(0))
             return Call(no_work, context=Message(name, "reset" if flags.get("reset") is True else "state"))
         if "inputs" not in keys:
             raise InvalidInput([error(("inputs",), "Field required", "missing")])
-        steps = Dim("step", 1, limits.max_steps)
-        values = Dim("value", spec.input_size, spec.input_size, spec.feature_names)
-        x = reader.array(msg["inputs"], PLACES.x, [steps, values])
-        state_dims = [Dim("layer", spec.num_layers, spec.num_layers), Dim("unit", spec.hidden_size, spec.hidden_size)]
+        x = reader.array(msg["inputs"], PLACES.x, rules.sequence_dims(spec, limits)[1:])
         given = {
-            k: np.ascontiguousarray(reader.array(msg[k], (k,), state_dims)[:, None, :])
+            k: np.ascontiguousarray(reader.array(msg[k], (k,), rules.state_dims(spec))[:, None, :])
             for k in ("h0", "c0")
             if k in keys and msg[k] is not None
         }
@@ -140,7 +137,7 @@ class StreamCodec:
         if given:
             h0, c0 = given.get("h0"), given.get("c0")
         elif state is None:
-            h0 = c0 = zeros(spec, 1)
+            h0, c0 = spec.zero_states(1)
         else:
             h0, c0 = state.h, state.c
         return Call(rules.batch([x], h0, c0, spec, limits, PLACES), context=Message(name, "run", fresh))
@@ -160,10 +157,6 @@ class StreamCodec:
         self.streams[name] = StreamState(result.hn[:, None, :], result.cn[:, None, :], steps)
         answer = {"stream": name, "outputs": result.outputs, "steps": steps}
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def zeros(spec: ModelSpec, batch: int) -> np.ndarray:
-    return np.zeros((spec.num_layers, batch, spec.hidden_size), dtype=np.float32)
 
 
 async def refuse(ws: WebSocket, code: int, reason: str) -> None:

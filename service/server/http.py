@@ -9,17 +9,24 @@ not how long a client may take to send its headers, nor (with httptools) how lar
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .. import metrics
 from ..pipeline.errors import BodyTimeout, ClientDisconnected, PayloadTooLarge
+from ..pipeline.rules import Limits
 from ..settings import get_settings
-from . import metrics
 from .middleware import CLIENT_LEFT
 
 JSON = b"application/json"
+
+
+def body_reader(scope: Scope, receive: Receive, limits: Limits) -> Callable[[], Awaitable[bytes]]:
+    """What a route hands the DataPlane to read its body, within the limits."""
+    return lambda: read_body(scope, receive, limits.max_body_bytes, limits.body_timeout_s)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
@@ -154,3 +161,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self.cycle is not None:
             super().on_message_complete()
+            # A large body pauses reading until the app asks for more; with the body all in, read on, so
+            # that a client who leaves while the model works is noticed (499) rather than answered.
+            self.flow.resume_reading()

@@ -12,6 +12,12 @@ from typing import Any
 DRAINING = threading.Event()
 
 
+def is_ready(state: Any) -> bool:
+    """The one readiness rule, for /health/ready and the Open Inference Protocol's: the models are loaded
+    and warmed up (``app.state.ready``), and no stop has arrived."""
+    return bool(getattr(state, "ready", False)) and not DRAINING.is_set()
+
+
 def watch_for_stop() -> None:
     """Chain onto the stop-signal handlers uvicorn installed, so that readiness drops the moment
     a stop arrives, while uvicorn drains. Only the main thread can set handlers (not so under a
