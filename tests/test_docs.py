@@ -38,3 +38,9 @@ def test_compose_passes_every_setting_through() -> None:
     passed = set(re.findall(r"^\s+(LSTM_[A-Z_]+):", service_env, re.MULTILINE))
     expected = {f"LSTM_{name.upper()}" for name in settings.Settings.model_fields if name != "model_repository"}
     assert passed == expected
+
+
+def test_every_module_the_docs_name_exists() -> None:
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for path in re.findall(r"(?:service|training|bench|tests)/[\w/]+\.py", page.read_text()):
+            assert (ROOT / path).exists(), f"{page.name} names {path}"

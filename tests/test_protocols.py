@@ -41,6 +41,13 @@ def oip(c: TestClient, seqs: list[Any], states: tuple[Any, Any] | None = None) -
     """x as JSON data [batch, steps, 4] (shape from the outer lists), states as [layers, batch, hidden]."""
     steps = max((len(s) if isinstance(s, list) else 1 for s in seqs), default=0)
     inputs = [{"name": "x", "datatype": "FP32", "shape": [len(seqs), steps, 4], "data": seqs}]
+    lengths = [len(s) for s in seqs]
+    if len(set(lengths)) > 1 and all(isinstance(step, list) and len(step) == 4 for s in seqs for step in s):
+        padded = [s + [[0.0] * 4] * (steps - len(s)) for s in seqs]  # the protocol's way: padding and lengths
+        inputs = [
+            {"name": "x", "datatype": "FP32", "shape": [len(seqs), steps, 4], "data": padded},
+            {"name": "lengths", "datatype": "INT32", "shape": [len(seqs)], "data": lengths},
+        ]
     if states is not None:
         for name, s in zip(("h0", "c0"), states, strict=True):
             if s is not None:
@@ -126,10 +133,14 @@ def test_limits_hold_on_every_protocol(settings: Settings, protocol: str) -> Non
     with app_client(settings, max_steps=5, max_batch_size=2, max_total_values=32) as client:
         call = PROTOCOLS[protocol]
         assert call(client, [[ROW] * 5])[0]
-        assert not call(client, [[ROW] * 6])[0]  # steps
-        assert not call(client, [[ROW]] * 3)[0] or protocol == "websocket"  # sequences (one per message there)
-        if protocol != "websocket":
-            assert not call(client, [[ROW] * 5, [ROW] * 4])[0]  # 36 values in all
+        assert call(client, [[ROW] * 5, [ROW] * 3])[0]  # 32 values in all
+        ok, says = call(client, [[ROW] * 6])
+        assert not ok and "Should have at most 5 steps, not 6" in says, says
+        if protocol != "websocket":  # a message there holds one sequence
+            ok, says = call(client, [[ROW]] * 3)
+            assert not ok and "Should have at most 2 sequences, not 3" in says, says
+            ok, says = call(client, [[ROW] * 5, [ROW] * 4])
+            assert not ok and "Should have at most 32 values in all, not 36" in says, says
 
 
 def test_a_stream_gives_the_same_numbers_on_every_protocol(c: TestClient, weather: np.ndarray) -> None:

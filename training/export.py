@@ -53,7 +53,11 @@ def to_onnx(model: LSTMForecaster) -> bytes:
     x = torch.zeros(2, 3, cfg.n_features)
     h0, c0 = model.zero_state(2)
     lengths = torch.tensor([3, 2], dtype=torch.int32)
-    data_axes, state_axes = {0: "batch", 1: "seq"}, {1: "batch"}
+    graph = tensors(cfg.n_features, cfg.n_outputs, cfg.hidden_size, cfg.num_layers)
+    names = {"batch": "batch", "steps": "seq"}  # the exported graph's symbolic dimensions
+    dynamic_axes = {
+        t.name: {i: names[t.meaning.split(", ")[i]] for i, d in enumerate(t.dims) if d == -1} for t in graph.values()
+    }
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # Known and handled: variable-length LSTMs need h0/c0 as inputs (they are, parity() checks it);
         # the legacy exporter is chosen on purpose; the traced `total_length < max(lengths)` guard is
@@ -65,18 +69,14 @@ def to_onnx(model: LSTMForecaster) -> bytes:
         torch.onnx.export(
             model,
             (x, h0, c0, lengths),
-            f"{tmp}/model.onnx",
+            f"{tmp}/{MODEL_FILE}",
             dynamo=False,  # the dynamo exporter freezes dimensions; this one gives native LSTM nodes
             opset_version=OPSET,
             input_names=list(INPUTS),
             output_names=list(OUTPUTS),
-            dynamic_axes={
-                **dict.fromkeys(["x", "y"], data_axes),
-                **dict.fromkeys(["h0", "c0", "hn", "cn"], state_axes),
-                "lengths": {0: "batch"},
-            },
+            dynamic_axes=dynamic_axes,
         )
-        return Path(f"{tmp}/model.onnx").read_bytes()
+        return Path(f"{tmp}/{MODEL_FILE}").read_bytes()
 
 
 def parity(model: LSTMForecaster, onnx_bytes: bytes, seed: int = 0) -> float:

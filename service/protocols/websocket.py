@@ -30,6 +30,8 @@ from ..model.contract import ModelSpec
 from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, DataPlane, Outcome
 from ..pipeline.errors import (
+    BodyTimeout,
+    ClientDisconnected,
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
@@ -51,6 +53,8 @@ CLOSE_CODES: dict[type[ServiceError], int] = {
     DeadlineExceeded: TRY_LATER,
     UnknownModel: POLICY,
     TooManySequences: POLICY,
+    BodyTimeout: POLICY,
+    ClientDisconnected: NORMAL,
 }
 
 
@@ -83,7 +87,7 @@ def _clip(reason: str) -> str:
 def close_for(exc: ServiceError) -> CloseWith:
     """The WebSocket protocol's one mapping of the pipeline's errors."""
     text = exc.lines() if isinstance(exc, InvalidInput) else str(exc)
-    return CloseWith(CLOSE_CODES.get(type(exc), POLICY), text)
+    return CloseWith(CLOSE_CODES[type(exc)], text)
 
 
 @dataclass
