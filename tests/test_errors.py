@@ -30,7 +30,7 @@ def test_each_protocol_maps_each_error_once(
     assert status == rest_status and body["detail"]
     status, raw, oip_headers = oip.error_response(exc)
     assert status == oip_status and orjson.loads(raw)["error"]
-    assert headers == oip_headers == ({"Retry-After": "1"} if isinstance(exc, errors.Overloaded) else {})
+    assert headers == oip_headers == exc.headers
     closing = websocket.close_for(exc)
     assert closing.code == close and closing.reason
     if isinstance(exc, errors.InvalidInput):

@@ -365,3 +365,74 @@ def test_padding_costs_nothing_on_every_protocol(c: TestClient) -> None:
     )
     assert r.status_code == 200, r.text
     assert engine.steps_run - before <= 615 * 1.25 + 64
+
+
+# ---- what hostile clients sent: each class refused, never a 500
+@pytest.mark.parametrize(
+    ("protocol", "raw", "says"),
+    [
+        ("rest", b'{"inputs": [[[1, 2, 3, 4]]], "inputs": null}', "inputs"),
+        ("rest", b'{"inputs": [[[1, 2, 3, 4]]], "explain": false, "explain": true}', "explain"),
+        ("oip", b'{"inputs": [X], "parameters": {}, "parameters": {"sequence_id": 1}}', "parameters"),
+        ("oip", b'{"inputs": [X], "parameters": {"sequence_id": 1, "sequence_id": 2}}', "sequence_id"),
+        (
+            "oip",
+            b'{"inputs": [{"name": "x", "name": "bogus", "shape": [1, 1, 4], "datatype": "FP32", '
+            b'"data": [1, 2, 3, 4]}]}',
+            "name",
+        ),
+        ("websocket", b'{"stream": "a", "inputs": [[1, 2, 3, 4]], "stream": 5}', "stream"),
+    ],
+)
+def test_a_key_given_twice_is_refused_on_every_protocol(c: TestClient, protocol: str, raw: bytes, says: str) -> None:
+    raw = raw.replace(b"X", b'{"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}')
+    for body in (raw, raw.replace(b"[1, 2, 3, 4]", b"[1, 2, 3, 100000000000000000000000]")):  # fast, exact reader
+        if protocol == "websocket":
+            with c.websocket_connect(STREAM) as conn:
+                conn.send_text(body.decode())
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    conn.receive_json()
+            assert closed.value.code == 1007 and says in closed.value.reason and "once" in closed.value.reason
+            continue
+        r = c.post("/predict" if protocol == "rest" else INFER, content=body)
+        assert r.status_code in (400, 422), r.text
+        assert "once" in r.text and says in r.text, r.text
+
+
+@pytest.mark.parametrize(
+    ("tensor", "says"),
+    [
+        ({"name": "x", "shape": [2**40, 0, 4], "datatype": "FP32", "data": []}, "x: Should have at most"),
+        ({"name": "x", "shape": [3, 0, 4], "datatype": "FP32", "data": []}, "x: Should have at least 1 step"),
+        ({"name": "x", "shape": [2**32, 2**32], "datatype": "FP32", "data": []}, "inputs.0.data"),
+        ({"name": "x", "shape": [1] * 65, "datatype": "FP32", "data": [1.0]}, "inputs.0.shape"),
+    ],
+)
+def test_shapes_that_cost_nothing_to_send_are_refused_before_any_work(
+    c: TestClient, tensor: dict[str, Any], says: str
+) -> None:
+    r = c.post(INFER, json={"inputs": [tensor]})
+    assert r.status_code == 400 and says in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize(
+    ("outputs", "says"), [([{"name": "y"}] * 3, "asked for twice"), ([], "outputs")], ids=["repeated", "none"]
+)
+def test_outputs_are_each_asked_for_once(c: TestClient, outputs: list[Any], says: str) -> None:
+    doc = v2_request()
+    doc["outputs"] = outputs
+    r = c.post(INFER, json=doc)
+    assert r.status_code == 400 and says in r.json()["error"], r.text
+
+
+def test_many_keys_go_to_the_exact_reader_and_are_refused(c: TestClient) -> None:
+    doc = v2_request()
+    doc.update({f"k{i}": 0 for i in range(5000)})
+    r = c.post(INFER, json=doc)
+    assert r.status_code == 400 and r.json()["error"].count("Extra inputs") <= 20
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b3", "-1", "abc"])
+def test_a_header_length_that_is_no_byte_count_is_a_400(c: TestClient, value: str) -> None:
+    r = c.post(INFER, json=v2_request(), headers={"Inference-Header-Content-Length": value.encode("latin-1")})
+    assert r.status_code == 400 and "inference-header-content-length" in r.json()["error"], r.text

@@ -57,9 +57,10 @@ class PayloadTooLarge(ServiceError, ValueError):
 
 
 class BodyTimeout(ServiceError):
-    """The client did not send its whole body in time."""
+    """The client did not send its whole body in time; the connection is closed after the answer."""
 
     status = 408
+    headers = {"Connection": "close"}  # noqa: RUF012
 
 
 class ClientDisconnected(ServiceError):

@@ -15,6 +15,10 @@ error; the fast one only ever accepts what the exact one would.
 
 from __future__ import annotations
 
+import gc
+import json
+import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -44,8 +48,47 @@ def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",)) -> T:
     except InvalidInput:  # refused by a rule on whole arrays or counts: the wording is final
         raise
     except (NotFast, KeyError, IndexError, TypeError, ValueError, RuntimeError):
-        # Whatever the fast reader stumbles on, the exact one decides, and words the error.
+        pass
+    # Whatever the fast reader stumbles on, the exact one decides, and words the error. It builds a
+    # Python object per value: large bodies take turns, and their memory goes back at once.
+    if len(body) <= LARGE_BODY:
         return read(Reader(body, exact=True, loc=loc))
+    with _LARGE_EXACT:
+        try:
+            return read(Reader(body, exact=True, loc=loc))
+        finally:
+            gc.collect()
+
+
+MAX_KEYS = 64  # an object with more keys than any request needs goes to the exact reader (simdjson looks keys up
+# one by one: many keys would cost their square)
+LARGE_BODY = 1 << 20  # exact decodes of larger bodies run one at a time: each costs many times its size
+_LARGE_EXACT = threading.Semaphore(1)
+
+
+def keys(obj: Any) -> list[str]:
+    """An object's keys, each once: a repeated key is refused (readers disagree on which one counts)."""
+    names = list(obj.keys())
+    if isinstance(obj, simdjson.Object) and len(names) > MAX_KEYS:
+        raise NotFast
+    if len(set(names)) != len(names):
+        twice = next(k for i, k in enumerate(names) if k in names[:i])
+        raise InvalidInput([error((_clip(twice),), "Each key may appear once", "duplicate_key")])
+    return names
+
+
+def _unique_keys(value: Any) -> None:
+    """Every object within ``value`` (a simdjson proxy) has each key once."""
+    if isinstance(value, simdjson.Object):
+        for k in keys(value):
+            _unique_keys(value[k])
+    elif isinstance(value, simdjson.Array):
+        for item in value:
+            _unique_keys(item)
+
+
+def _clip(name: str) -> str:
+    return name if len(name) <= 64 else name[:61] + "..."
 
 
 def is_list(value: Any) -> bool:
@@ -72,8 +115,10 @@ class Reader:
     def plain(self, value: Any) -> Any:
         """A small value (an envelope, parameters) as plain Python."""
         if isinstance(value, simdjson.Object):
+            _unique_keys(value)
             value = value.as_dict()
         elif isinstance(value, simdjson.Array):
+            _unique_keys(value)
             value = value.as_list()
         else:
             return value
@@ -98,9 +143,9 @@ class Reader:
             flat = _buffer(obj, "d")
         except (TypeError, ValueError, RuntimeError, KeyError):
             raise NotFast from None
-        if flat.size != np.prod(shape):
+        if flat.size != math.prod(shape):
             raise NotFast
-        self.arrays += sum(int(np.prod(shape[:k])) for k in range(len(dims)))
+        self.arrays += sum(math.prod(shape[:k]) for k in range(len(dims)))
         return rules.finite_float32(flat.reshape(shape), loc)
 
     def sequences(self, obj: Any, loc: Loc, dims: Sequence[Dim]) -> list[np.ndarray]:
@@ -137,7 +182,7 @@ class Reader:
         only; an integer type takes integers within its range, never a float or a wrapped value."""
         if not is_list(data):
             raise InvalidInput([error(loc, "Input should be a list of numbers", "list_type")])
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         if self.exact:
             return rules.tensor_values(_exact_values(data, loc, shape), loc, dtype).reshape(shape)
         try:
@@ -148,7 +193,7 @@ class Reader:
                         raise NotFast
                     if k < len(shape) - 1:
                         level = [child for item in level for child in item]
-                arrays = sum(int(np.prod(shape[:k])) for k in range(len(shape)))
+                arrays = sum(math.prod(shape[:k]) for k in range(len(shape)))
             else:
                 if len(data) != count:
                     raise NotFast
@@ -172,7 +217,7 @@ def _lists_in(value: Any) -> int:
 
 def _exact_values(data: list[Any], loc: Loc, shape: Sequence[int]) -> list[Any]:
     """Flat values of tensor data given flat, or nested exactly as ``shape``; else the places at fault."""
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if not any(isinstance(v, list) for v in data):
         if len(data) != count:
             msg = f"{len(data)} values for shape {list(shape)} ({count} values)"
@@ -200,9 +245,26 @@ def _fast_document(body: bytes) -> Any:
 
 def _exact_document(body: bytes, loc: Loc) -> Any:
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidInput([error((*loc, e.pos), f"JSON decode error: {e.msg}", "json_invalid", error=e.msg)]) from None
+        msg = f"JSON decode error at byte {e.pos}: {e.msg}"
+        raise InvalidInput([error((*loc, e.pos), msg, "json_invalid", error=e.msg)]) from None
+    if body.count(b":") > 1:  # objects with keys: refuse a key given twice, which orjson keeps silently
+        try:
+            json.loads(body, object_pairs_hook=_once)
+        except InvalidInput:
+            raise
+        except ValueError:  # what the standard parser reads differently (orjson already took the body)
+            pass
+    return doc
+
+
+def _once(pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise InvalidInput([error((_clip(k),), "Each key may appear once", "duplicate_key")])
+        seen.add(k)
 
 
 def _walk(obj: Any, loc: Loc, dims: Sequence[Dim], errors: list[dict[str, Any]]) -> None:

@@ -155,6 +155,15 @@ class Places:
     explain: Loc = ("explain",)
 
 
+def check_counts(n: int, padded_steps: int | None, spec: ModelSpec, limits: Limits, places: Places) -> None:
+    """How many sequences, and (for a padded tensor) how long its time axis: before anything is built."""
+    seq_dim, step_dim, _ = sequence_dims(spec, limits)
+    if count := seq_dim.count_error(n, places.x):
+        raise InvalidInput([count])
+    if padded_steps is not None and (count := step_dim.count_error(padded_steps, places.x)):
+        raise InvalidInput([count])
+
+
 def batch(
     x: list[np.ndarray],
     h0: np.ndarray | None,
@@ -173,11 +182,8 @@ def batch(
         missing = places.c0 if c0 is None else places.h0
         raise InvalidInput([error(missing, "h0 and c0 go together: give both or neither", "missing")])
     n = len(x)
-    seq_dim, step_dim, _ = sequence_dims(spec, limits)
-    if count := seq_dim.count_error(n, places.x):
-        raise InvalidInput([count])
-    if padded_steps is not None and (count := step_dim.count_error(padded_steps, places.x)):
-        raise InvalidInput([count])
+    check_counts(n, padded_steps, spec, limits, places)
+    step_dim = sequence_dims(spec, limits)[1]
     for i, s in enumerate(x):
         if count := step_dim.count_error(len(s), (*places.x, i)):
             raise InvalidInput([count])

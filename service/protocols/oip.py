@@ -59,7 +59,7 @@ class OutputParameters(_Parameters):
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: StrictStr = Field(description="One of the model's inputs: x, h0, c0, lengths.")
-    shape: list[Size]
+    shape: list[Size] = Field(max_length=8)
     datatype: StrictStr = Field(description=f"One of {', '.join(DATATYPES)}.")
     parameters: InputParameters | None = None
     data: Any = Field(
@@ -78,7 +78,7 @@ class InferenceRequest(BaseModel):
     id: StrictStr | None = None
     parameters: RequestParameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
+    outputs: list[RequestOutput] | None = Field(default=None, min_length=1)
 
 
 class ResponseOutput(BaseModel):
@@ -111,8 +111,9 @@ def _envelope(reader: jsondata.Reader) -> InferenceRequest:
     doc = reader.document
     if not jsondata.is_object(doc):
         raise InvalidInput([error((), "The request should be a JSON object", "model_attributes_type")])
-    envelope = {k: reader.plain(doc[k]) for k in doc.keys() if k != "inputs"}  # noqa: SIM118 (simdjson)
-    if "inputs" in doc.keys():  # noqa: SIM118
+    names = jsondata.keys(doc)
+    envelope = {k: reader.plain(doc[k]) for k in names if k != "inputs"}
+    if "inputs" in names:
         inputs = doc["inputs"]
         reader.arrays += int(jsondata.is_list(inputs))  # its own bracket; its items count themselves
         envelope["inputs"] = (
@@ -131,7 +132,7 @@ def _envelope(reader: jsondata.Reader) -> InferenceRequest:
 
 
 def _tensor(reader: jsondata.Reader, tensor: Any) -> dict[str, Any]:
-    return {k: tensor[k] if k == "data" else reader.plain(tensor[k]) for k in tensor.keys()}  # noqa: SIM118
+    return {k: tensor[k] if k == "data" else reader.plain(tensor[k]) for k in jsondata.keys(tensor)}
 
 
 class OipCodec:
@@ -156,13 +157,13 @@ class OipCodec:
         for i, tensor in enumerate(req.inputs):
             loc: tuple[str | int, ...] = ("inputs", i)
             if tensor.name not in INPUTS:
-                msg = f"Unknown input {tensor.name!r}; the model takes {', '.join(INPUTS)}"
+                msg = f"Unknown input {tensor.name[:64]!r}; the model takes {', '.join(INPUTS)}"
                 raise InvalidInput([error((*loc, "name"), msg, "unknown_input")])
             if tensor.name in arrays:
                 raise InvalidInput([error((*loc, "name"), f"Input {tensor.name!r} is given twice", "duplicate")])
             dtype = DATATYPES.get(tensor.datatype)
             if dtype is None:
-                msg = f"Datatype {tensor.datatype!r} is not one of {', '.join(DATATYPES)}"
+                msg = f"Datatype {tensor.datatype[:64]!r} is not one of {', '.join(DATATYPES)}"
                 raise InvalidInput([error((*loc, "datatype"), msg, "datatype")])
             count = math.prod(tensor.shape)
             size = tensor.parameters.binary_data_size if tensor.parameters is not None else None
@@ -237,8 +238,10 @@ def _requested_outputs(req: InferenceRequest) -> tuple[list[str], set[str]]:
     names, binary = [], set()
     for i, out in enumerate(req.outputs):
         if out.name not in OUTPUTS:
-            msg = f"Unknown output {out.name!r}; the model gives {', '.join(OUTPUTS)}"
+            msg = f"Unknown output {out.name[:64]!r}; the model gives {', '.join(OUTPUTS)}"
             raise InvalidInput([error(("outputs", i, "name"), msg, "unknown_output")])
+        if out.name in names:
+            raise InvalidInput([error(("outputs", i, "name"), f"Output {out.name!r} is asked for twice", "duplicate")])
         names.append(out.name)
         asked = out.parameters.binary_data if out.parameters is not None else None
         if all_binary if asked is None else asked:
@@ -259,6 +262,9 @@ def _batch(arrays: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Ba
     graph = spec.graph()
     if "x" not in arrays:
         raise InvalidInput([error(("inputs",), "Input 'x' is required", "missing")])
+    x = arrays["x"]
+    if x.ndim == 3:
+        rules.check_counts(x.shape[0], x.shape[1], spec, limits, PLACES)  # before a sequence is cut out
     x = _float(arrays, "x", (None, None, spec.input_size), graph["x"].meaning)
     batch, steps = x.shape[:2]
     state = (spec.num_layers, batch, spec.hidden_size)

@@ -154,8 +154,8 @@ def _header_length(request: Request) -> int | None:
     declared = request.headers.get(oip.HEADER_LENGTH)
     if declared is None:
         return None
-    if not declared.isdigit() or len(declared) > 18:
-        msg = f"{declared!r} is not a byte count"
+    if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
+        msg = f"{declared[:32]!r} is not a byte count"
         raise InvalidInput([error(("headers", oip.HEADER_LENGTH), msg, "header_length")])
     return int(declared)
 

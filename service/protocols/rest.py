@@ -30,9 +30,9 @@ class RestCodec:
         doc = reader.document
         if not jsondata.is_object(doc):
             raise InvalidInput([error(("body",), "Input should be a JSON object", "model_attributes_type")])
-        keys = list(doc.keys())
-        extra = (k for k in keys if k not in FIELDS)
-        errors = [error(("body", k), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
+        keys = jsondata.keys(doc)
+        extra = [k for k in keys if k not in FIELDS][: rules.MAX_ERRORS]
+        errors = [error(("body", k[:64]), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
         if "inputs" not in keys:
             errors.append(error(("body", "inputs"), "Field required", "missing"))
         explain = doc["explain"] if "explain" in keys else False

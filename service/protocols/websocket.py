@@ -111,8 +111,9 @@ class StreamCodec:
         msg = reader.document
         if not jsondata.is_object(msg):
             raise InvalidInput([error((), "A message should be a JSON object", "model_attributes_type")])
-        keys = list(msg.keys())
-        errors = [error((k,), "Extra inputs are not permitted", "extra_forbidden") for k in keys if k not in FIELDS]
+        keys = jsondata.keys(msg)
+        extra = [k for k in keys if k not in FIELDS][: rules.MAX_ERRORS]
+        errors = [error((k[:64],), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
         name = msg["stream"] if "stream" in keys else "0"
         if not isinstance(name, str) or not 0 < len(name) <= 64:
             errors.append(error(("stream",), "Input should be a string of 1 to 64 characters", "string_type"))

@@ -31,41 +31,28 @@ def body_reader(scope: Scope, receive: Receive, limits: Limits) -> Callable[[], 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
     """The body, refused as soon as it is known to exceed ``limit`` (from Content-Length or while it
-    streams in), or not all there within ``timeout_s``. With a Content-Length, the chunks land in one
-    buffer of that size: a large body is held once, not twice."""
-    declared = None
+    streams in), or not all there within ``timeout_s``. The chunks land in one growing buffer: a large
+    body is held about once, not as chunks and their join."""
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit():
-            declared = int(value)
-            if declared > limit:
-                raise PayloadTooLarge(declared, limit)
-    buffer = bytearray(declared) if declared else None
-    chunks: list[bytes] = []
-    size = 0
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(int(value), limit)
+    body = bytearray()  # grows with what arrives: a declared length reserves nothing
     try:
         async with asyncio.timeout(timeout_s):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise ClientDisconnected("the client left before sending the whole body")
-                chunk = message.get("body", b"")
-                end = size + len(chunk)
-                if end > limit:
+                chunk: bytes = message.get("body", b"")
+                if len(body) + len(chunk) > limit:
                     raise PayloadTooLarge(None, limit)
-                if buffer is not None and end <= len(buffer):
-                    buffer[size:end] = chunk
-                else:
-                    chunks.append(chunk)
-                size = end
+                if not body and not message.get("more_body", False):
+                    return chunk  # the whole body in one message: no copy
+                body += chunk
                 if not message.get("more_body", False):
-                    break
+                    return body  # type: ignore[return-value]  # bytes-like; every reader takes it
     except TimeoutError:
         raise BodyTimeout(f"The body did not arrive within {timeout_s:g} s") from None
-    if buffer is not None and size == len(buffer) and not chunks:
-        return buffer  # type: ignore[return-value]  # bytes-like; every reader takes it
-    if buffer is not None:
-        chunks.insert(0, bytes(buffer[: min(size, len(buffer))]))
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def respond(
