@@ -20,7 +20,7 @@ import json
 import math
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -153,14 +153,23 @@ class Reader:
         if self.exact:
             return _exact_sequences(obj, loc, dims)
         seqs, steps, values = dims
+        if not isinstance(obj, simdjson.Array):
+            raise NotFast
+        obj = cast(Any, obj)  # simdjson's stubs type items as any JSON value
         try:
             lengths = [len(seq) for seq in obj]
-            if not seqs.min <= len(lengths) <= seqs.max or not all(steps.min <= n <= steps.max for n in lengths):
-                raise NotFast
-            if not all(len(step) == values.max for seq in obj for step in seq):
-                raise NotFast
+        except TypeError:  # a sequence that is no list
+            raise NotFast from None
+        if count := seqs.count_error(len(lengths), loc):
+            raise InvalidInput([count])  # worded as the exact reader words it, without its cost
+        try:
+            if not all(steps.min <= n <= steps.max for n in lengths):
+                raise TypeError("a sequence of too many or too few steps")
             flat = _buffer(obj, "d")
+            if not all(len(step) == values.max for seq in obj for step in seq):
+                raise TypeError("a step of another size")
         except (TypeError, ValueError, RuntimeError, KeyError):
+            self._faults(obj, loc, dims)  # the faulty sequences alone, read exactly: they name the places
             raise NotFast from None
         total = sum(lengths)
         if flat.size != total * values.max:
@@ -176,6 +185,32 @@ class Reader:
         if len(set(lengths)) == 1:
             return list(x.reshape(len(lengths), lengths[0], values.max))
         return np.split(x, np.cumsum(lengths[:-1]))
+
+    @staticmethod
+    def _faults(obj: Any, loc: Loc, dims: Sequence[Dim]) -> None:
+        """Raise what the exact reader would say of these sequences, converting only the faulty ones to
+        Python; return if that is not possible here (the exact reader then takes the whole body)."""
+        errors: list[dict[str, Any]] = []
+        for i, seq in enumerate(obj):
+            try:
+                ok = isinstance(seq, simdjson.Array) and dims[1].min <= len(seq) <= dims[1].max
+                ok = ok and all(len(step) == dims[2].max for step in seq)
+                ok = ok and bool(np.isfinite(_buffer(seq, "d").astype(np.float32)).all())
+            except (TypeError, ValueError, RuntimeError, KeyError):
+                ok = False
+            if ok:
+                continue
+            try:
+                plain = seq.as_list() if isinstance(seq, simdjson.Array) else seq
+                _exact_array(plain, (*loc, i), dims[1:])
+            except InvalidInput as e:
+                errors.extend(e.errors)
+            except (TypeError, ValueError, RuntimeError):
+                return  # beyond what simdjson converts (a big integer): the exact reader takes the body
+            if len(errors) >= rules.MAX_ERRORS:
+                break
+        if errors:
+            raise InvalidInput(errors[: rules.MAX_ERRORS])
 
     def tensor_data(self, data: Any, loc: Loc, dtype: np.dtype[Any], shape: Sequence[int]) -> np.ndarray:
         """Tensor data of ``shape``, flat (row-major) or nested exactly as the shape, as ``dtype``: numbers
@@ -244,19 +279,24 @@ def _fast_document(body: bytes) -> Any:
 
 
 def _exact_document(body: bytes, loc: Loc) -> Any:
+    if body.count(b":") > 1:  # objects with keys: refuse a key given twice, which orjson keeps silently
+        try:
+            # Keys only: numbers are read as None, so this pass holds no Python float; it runs first, apart from
+            # the parse below, so the two never hold memory together.
+            json.loads(body, object_pairs_hook=_once, parse_float=_nothing, parse_int=_nothing, parse_constant=_nothing)
+        except InvalidInput:
+            raise
+        except ValueError:  # not JSON to the standard parser either: orjson words it, below
+            pass
     try:
-        doc = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         msg = f"JSON decode error at byte {e.pos}: {e.msg}"
         raise InvalidInput([error((*loc, e.pos), msg, "json_invalid", error=e.msg)]) from None
-    if body.count(b":") > 1:  # objects with keys: refuse a key given twice, which orjson keeps silently
-        try:
-            json.loads(body, object_pairs_hook=_once)
-        except InvalidInput:
-            raise
-        except ValueError:  # what the standard parser reads differently (orjson already took the body)
-            pass
-    return doc
+
+
+def _nothing(text: str) -> None:
+    return None
 
 
 def _once(pairs: list[tuple[str, Any]]) -> None:
