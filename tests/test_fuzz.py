@@ -65,13 +65,8 @@ def test_schemathesis_no_5xx_and_every_answer_matches_the_schema(settings: Setti
 
 # ---- hypothesis on the validation itself
 SPEC = ModelSpec("m", "1", 3, 1, 4, 2, ["a", "b", "c"], ["a"], metadata={})
-LIMITS = Limits(
-    max_batch_size=5,
-    max_steps=7,
-    explain_max_values=10_000,
-    max_body_bytes=1 << 20,
-    max_total_values=10**6,
-    body_timeout_s=10.0,
+LIMITS = Limits.from_settings(
+    Settings(max_batch_size=5, max_steps=7, explain_max_values=10_000, max_total_values=10**6, max_body_bytes=1 << 20)
 )
 number = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-(10**6), 10**6)
 json_value = st.recursive(

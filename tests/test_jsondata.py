@@ -17,15 +17,11 @@ from service.pipeline.rules import Limits
 from service.protocols.oip import OipCodec
 from service.protocols.rest import RestCodec
 from service.protocols.websocket import StreamCodec
+from service.settings import Settings
 
 SPEC = ModelSpec("m", "1", 3, 1, 2, 2, ["a", "b", "c"], ["a"], metadata={})
-LIMITS = Limits(
-    max_batch_size=4,
-    max_steps=5,
-    explain_max_values=10_000,
-    max_body_bytes=1 << 20,
-    max_total_values=1000,
-    body_timeout_s=10.0,
+LIMITS = Limits.from_settings(
+    Settings(max_batch_size=4, max_steps=5, explain_max_values=10_000, max_total_values=1000, max_body_bytes=1 << 20)
 )
 number = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-(10**6), 10**6)
 odd = st.sampled_from([True, False, None, "1", [], [1.0], [[1.0]], {"a": 1}, 2**70, 1e39, "[", "]"])

@@ -20,13 +20,8 @@ from service.settings import Settings
 from .conftest import app_client, running_server
 
 ROW = [0.0, 10.0, 5.0, 3.0]
-LIMITS = Limits(
-    max_batch_size=16,
-    max_steps=600,
-    explain_max_values=4096,
-    max_body_bytes=1 << 20,
-    max_total_values=10**6,
-    body_timeout_s=10.0,
+LIMITS = Limits.from_settings(
+    Settings(max_batch_size=16, max_steps=600, explain_max_values=4096, max_total_values=10**6, max_body_bytes=1 << 20)
 )
 
 

@@ -9,18 +9,14 @@ from service.model.contract import ModelSpec
 from service.pipeline.errors import InvalidInput
 from service.pipeline.rules import Limits
 from service.protocols.rest import CODEC
+from service.settings import Settings
 
 decode_predict = CODEC.decode
 
 SPEC = ModelSpec("m", "1", 3, 1, 2, 2, ["a", "b", "c"], ["a"], metadata={})
 # explain_max_values: 6 steps of 2 layers x 2 units
-LIMITS = Limits(
-    max_batch_size=4,
-    max_steps=5,
-    explain_max_values=2 * 2 * 6,
-    max_body_bytes=1 << 20,
-    max_total_values=100,
-    body_timeout_s=10.0,
+LIMITS = Limits.from_settings(
+    Settings(max_batch_size=4, max_steps=5, explain_max_values=2 * 2 * 6, max_total_values=100, max_body_bytes=1 << 20)
 )
 STEP = [1.0, 2.0, 3.0]
 STATE = [[0.1, 0.2], [0.3, 0.4]]  # [layer][unit]

@@ -29,14 +29,7 @@ class Registry:
     def load(cls, s: Settings) -> Registry:
         """Load and warm every model version (blocking: call it off the event loop)."""
         default_folder = repository.resolve(s.model_repository, s.model_name, s.model_version)
-        limits = Limits(
-            max_batch_size=s.max_batch_size,
-            max_steps=s.max_steps,
-            explain_max_values=s.explain_max_values,
-            max_body_bytes=s.max_body_bytes,
-            max_total_values=s.max_total_values,
-            body_timeout_s=s.body_timeout_s,
-        )
+        limits = Limits.from_settings(s)
         admission = Admission(s.max_queue)
         planes: dict[tuple[str, str], DataPlane] = {}
         for name in repository.model_names(s.model_repository):

@@ -18,13 +18,14 @@ run on whole arrays at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from ..model.batch import Batch
 from ..model.contract import ModelSpec
+from ..settings import Settings
 from .errors import InvalidInput, Loc, error
 
 MAX_ERRORS = 20  # a body with a million wrong values gets the first few named, not a million-line answer
@@ -39,6 +40,10 @@ class Limits:
     max_body_bytes: int  # request body size
     max_total_values: int  # numbers in inputs, all sequences, real steps only
     body_timeout_s: float  # seconds to receive a body
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)

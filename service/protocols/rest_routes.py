@@ -134,24 +134,24 @@ async def list_models(registry: RegistryDep) -> ModelList:
 
 
 @router.get("/v1/models/{name}", response_model=ModelInfo, responses=NOT_FOUND, summary="A model of the repository")
-async def named_model_info(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
-    return describe(registry.get(name).engine, settings)
+async def named_model_info(name: str, registry: RegistryDep) -> ModelInfo:
+    return describe(registry.get(name))
 
 
 @router.get(
     "/v1/models/{name}/versions/{version}", response_model=ModelInfo, responses=NOT_FOUND, summary="One model version"
 )
-async def version_info(name: str, version: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
-    return describe(registry.get(name, version).engine, settings)
+async def version_info(name: str, version: str, registry: RegistryDep) -> ModelInfo:
+    return describe(registry.get(name, version))
 
 
 @router.get("/model", response_model=ModelInfo, summary="The default model, its provider and the limits in force")
-async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
-    return describe(engine, settings)
+async def model_info(plane: PlaneDep) -> ModelInfo:
+    return describe(plane)
 
 
-def describe(engine: Engine, settings: Settings) -> ModelInfo:
-    spec = engine.spec
+def describe(plane: DataPlane) -> ModelInfo:
+    engine, spec = plane.engine, plane.engine.spec
     return ModelInfo(
         name=spec.name,
         version=spec.version,
@@ -165,12 +165,7 @@ def describe(engine: Engine, settings: Settings) -> ModelInfo:
         provider=engine.provider,
         providers=engine.providers,
         device=engine.device,
-        limits=LimitsInfo(
-            max_batch_size=settings.max_batch_size,
-            max_steps=settings.max_steps,
-            max_body_bytes=settings.max_body_bytes,
-            explain_max_values=settings.explain_max_values,
-        ),
+        limits=LimitsInfo(**{name: getattr(plane.limits, name) for name in LimitsInfo.model_fields}),
         metrics=spec.metadata.get("metrics", {}),
     )
 
