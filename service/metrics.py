@@ -46,6 +46,12 @@ REJECTED = Counter(
     "large_headers).",
     ["reason"],
 )
+STREAM_MESSAGES = Counter("lstm_stream_messages_total", "WebSocket stream messages answered.")
+STREAM_CLOSES = Counter(
+    "lstm_stream_closes_total",
+    "WebSocket stream connections ended, by close code (1000 also when the client closed).",
+    ["code"],
+)
 MODEL_INFO = Gauge(
     "lstm_model_info", "The served model (always 1).", ["name", "version", "provider"], multiprocess_mode="livemax"
 )

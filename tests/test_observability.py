@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.websockets import WebSocketDisconnect
 
 from service.server.logs import JsonFormatter
 from service.settings import Settings
@@ -152,3 +153,23 @@ def test_the_real_server_logs_json_lines(repo: Path) -> None:
     assert len(access) == 1 and access[0]["status"] == 200 and access[0]["logger"] == "service.access"
     assert "9876" not in text
     assert all(line.startswith("{") for line in text.splitlines() if line.strip()), "a log line that is not JSON"
+
+
+def test_streams_are_counted_and_logged(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    with app_client(settings) as c, caplog.at_level(logging.INFO, logger="service.access"):
+        before = c.get("/metrics").text
+        with c.websocket_connect("/v1/models/tiny/stream") as ws:
+            for _ in range(3):
+                ws.send_json({"stream": "a", "inputs": [ROW]})
+                ws.receive_json()
+            ws.send_json({"stream": "a", "inputs": [[True, 1, 2, 3]]})
+            with pytest.raises(WebSocketDisconnect):
+                ws.receive_json()
+        text = c.get("/metrics").text
+    assert sample(text, "lstm_stream_messages_total") - sample(before, "lstm_stream_messages_total") == 3
+    assert (
+        sample(text, "lstm_stream_closes_total", code="1007") - sample(before, "lstm_stream_closes_total", code="1007")
+        == 1
+    )
+    lines = [r for r in caplog.records if r.getMessage() == "stream"]
+    assert lines and lines[-1].messages == 3 and lines[-1].close_code == 1007  # type: ignore[attr-defined]

@@ -19,12 +19,15 @@ deadline, 1000 after ``LSTM_STREAM_IDLE_S`` without a message.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .. import metrics
 from ..model.batch import Batch
 from ..model.contract import ModelSpec
 from ..pipeline import jsondata, rules
@@ -43,6 +46,7 @@ from ..pipeline.errors import (
 )
 from ..pipeline.rules import Limits
 
+log = logging.getLogger("service.access")
 INVALID, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER, NORMAL = 1007, 1003, 1008, 1009, 1013, 1000
 FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state")
 PLACES = rules.Places(x=("inputs",), h0=("h0",), c0=("c0",))
@@ -175,9 +179,11 @@ async def serve_stream(
     ws: WebSocket, plane: DataPlane, connections: Connections, max_streams: int, idle_s: float
 ) -> None:
     if connections.open >= connections.limit:
+        metrics.STREAM_CLOSES.labels(str(TRY_LATER)).inc()
         await refuse(ws, TRY_LATER, f"at most {connections.limit} stream connections; retry later")
         return
     connections.open += 1
+    start, answered, code = time.perf_counter(), 0, NORMAL  # a client's own close counts as normal
     try:
         await ws.accept()
         codec = StreamCodec(max_streams)
@@ -204,9 +210,23 @@ async def serve_stream(
             except ServiceError as e:
                 raise close_for(e) from None
             await ws.send_text(answer.decode())
+            answered += 1
+            metrics.STREAM_MESSAGES.inc()
     except CloseWith as c:
+        code = c.code
         await ws.close(c.code, c.reason)
     except WebSocketDisconnect:
         pass
     finally:
         connections.open -= 1
+        metrics.STREAM_CLOSES.labels(str(code)).inc()
+        log.info(
+            "stream",
+            extra={
+                "path": ws.scope["path"],
+                "messages": answered,
+                "close_code": code,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                "client": (ws.scope.get("client") or ("", 0))[0],
+            },
+        )
