@@ -6,6 +6,7 @@ LSTM_URL names the service; the model file is the one the stack serves (./models
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,8 +21,9 @@ URL = os.environ.get("LSTM_URL", "http://127.0.0.1:8000")
 
 
 @pytest.fixture(scope="module")
-def http() -> httpx.Client:
-    return httpx.Client(base_url=URL, timeout=30)
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=URL, timeout=30) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
