@@ -124,3 +124,14 @@ def test_explain_flag_and_its_limit() -> None:
     assert decode_predict(orjson.dumps({"inputs": [[STEP]]}), SPEC, LIMITS).explain is False
     # The limit is for explanations only: the same 7 steps without explain are fine.
     assert decode({"inputs": [[STEP] * 4, [STEP] * 3], "explain": False}).lengths.tolist() == [4, 3]
+
+
+def test_a_key_given_twice_is_named_in_the_body() -> None:
+    fast = b'{"inputs": [[[1, 2, 3]]], "h0": null, "h0": null}'
+    exact = b'{"inputs": [[[1, 2, 100000000000000000000000]]], "inputs": 1}'  # a big integer: the exact reader
+    assert first_error(None, fast) == {
+        "loc": ["body", "h0"],
+        "msg": "Each key may appear once",
+        "type": "duplicate_key",
+    }
+    assert first_error(None, exact)["loc"] == ["body", "inputs"] and first_error(None, exact)["type"] == "duplicate_key"

@@ -66,14 +66,14 @@ LARGE_BODY = 1 << 20  # exact decodes of larger bodies run one at a time: each c
 _LARGE_EXACT = threading.Semaphore(1)
 
 
-def keys(obj: Any) -> list[str]:
+def keys(obj: Any, loc: Loc = ()) -> list[str]:
     """An object's keys, each once: a repeated key is refused (readers disagree on which one counts)."""
     names = list(obj.keys())
     if isinstance(obj, simdjson.Object) and len(names) > MAX_KEYS:
         raise NotFast
     if len(set(names)) != len(names):
         twice = next(k for i, k in enumerate(names) if k in names[:i])
-        raise InvalidInput([error((_clip(twice),), "Each key may appear once", "duplicate_key")])
+        raise InvalidInput([error((*loc, _clip(twice)), "Each key may appear once", "duplicate_key")])
     return names
 
 
@@ -284,7 +284,13 @@ def _exact_document(body: bytes, loc: Loc) -> Any:
         try:
             # Keys only: numbers are read as None, so this pass holds no Python float; it runs first, apart from
             # the parse below, so the two never hold memory together.
-            json.loads(body, object_pairs_hook=_once, parse_float=_nothing, parse_int=_nothing, parse_constant=_nothing)
+            json.loads(
+                body,
+                object_pairs_hook=lambda pairs: _once(pairs, loc),
+                parse_float=_nothing,
+                parse_int=_nothing,
+                parse_constant=_nothing,
+            )
         except InvalidInput:
             raise
         except ValueError:  # not JSON to the standard parser either: orjson words it, below
@@ -300,11 +306,11 @@ def _nothing(text: str) -> None:
     return None
 
 
-def _once(pairs: list[tuple[str, Any]]) -> None:
+def _once(pairs: list[tuple[str, Any]], loc: Loc) -> None:
     seen: set[str] = set()
     for k, _ in pairs:
         if k in seen:
-            raise InvalidInput([error((_clip(k),), "Each key may appear once", "duplicate_key")])
+            raise InvalidInput([error((*loc, _clip(k)), "Each key may appear once", "duplicate_key")])
         seen.add(k)
 
 

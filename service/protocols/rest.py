@@ -30,7 +30,7 @@ class RestCodec:
         doc = reader.document
         if not jsondata.is_object(doc):
             raise InvalidInput([error(("body",), "Input should be a JSON object", "model_attributes_type")])
-        keys = jsondata.keys(doc)
+        keys = jsondata.keys(doc, ("body",))
         extra = [k for k in keys if k not in FIELDS][: rules.MAX_ERRORS]
         errors = [error(("body", k[:64]), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
         if "inputs" not in keys:
