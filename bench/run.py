@@ -14,7 +14,8 @@ the limits allow, each on a fresh server (bench/largest.py): peak memory, time, 
 Floors: ONNX Runtime in-process (session.run) for each workload's shapes; W2's whole
 in-process path (orjson decode, ONNX Runtime, orjson encode); a bare ASGI app that
 answers a fixed small JSON (the HTTP floor). Servers: the service with batching on
-(its defaults) and off, and bench/naive_server.py (FastAPI + PyTorch eager + json).
+(its defaults) and off, bench/handrolled.py (FastAPI + ONNX Runtime inline + orjson, one
+worker: the bar a user would set) and bench/naive_server.py (FastAPI + PyTorch eager + json).
 Writes bench/results/results.{json,md} and chart.png.
 """
 
@@ -186,6 +187,11 @@ SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
     "service, batching on (default)": ([PY, "-m", "service"], {}, RUNS),
     "service, batching off": ([PY, "-m", "service"], {"LSTM_BATCHING": "false"}, RUNS),
     "service, request logs off": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning"}, [("W1", 1), ("W1", 32)]),
+    "hand-rolled FastAPI + ONNX Runtime": (
+        [PY, "-m", "uvicorn", "bench.handrolled:app", "--port", "{port}", "--log-level", "warning", "--no-access-log"],
+        {},
+        RUNS,
+    ),
     "naive FastAPI + PyTorch": (
         [
             PY,
@@ -214,6 +220,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     )
     w1_32, w1_1, w2 = s["W1 c32"], s["W1 c1"], s["W2 c4"]
     worst = max(f["peak_mb"] for name, f in res["largest"].items() if name != "padding")
+    hand = res["servers"]["hand-rolled FastAPI + ONNX Runtime"]
     floor_c1 = bare["W1 c1"]["p50_us"] + fl["ort_W1"]["p50_us"]
     w2_time = 1e6 / w2["rps"]
     return [
@@ -243,6 +250,34 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "value": w2_time / fl["inproc_W2_path"]["mean_us"],
             "goal": 1.25,
             "met": w2_time <= 1.25 * fl["inproc_W2_path"]["mean_us"],
+            "unit": "x",
+        },
+        {
+            "target": "W1 c32: >= 2x the hand-rolled baseline's requests/s",
+            "value": w1_32["rps"] / hand["W1 c32"]["rps"],
+            "goal": 2.0,
+            "met": w1_32["rps"] >= 2 * hand["W1 c32"]["rps"],
+            "unit": "x",
+        },
+        {
+            "target": "W1 c1: p50 <= the hand-rolled baseline's",
+            "value": w1_1["p50_us"] / hand["W1 c1"]["p50_us"],
+            "goal": 1.0,
+            "met": w1_1["p50_us"] <= hand["W1 c1"]["p50_us"],
+            "unit": "x",
+        },
+        {
+            "target": "W2 c4: >= 1.2x the hand-rolled baseline's requests/s",
+            "value": w2["rps"] / hand["W2 c4"]["rps"],
+            "goal": 1.2,
+            "met": w2["rps"] >= 1.2 * hand["W2 c4"]["rps"],
+            "unit": "x",
+        },
+        {
+            "target": "W3: >= 1.2x the hand-rolled baseline's requests/s",
+            "value": s["W3 c1"]["rps"] / hand["W3 c1"]["rps"],
+            "goal": 1.2,
+            "met": s["W3 c1"]["rps"] >= 1.2 * hand["W3 c1"]["rps"],
             "unit": "x",
         },
         {
