@@ -224,84 +224,59 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     floor_c1 = bare["W1 c1"]["p50_us"] + fl["ort_W1"]["p50_us"]
     w2_time = 1e6 / w2["rps"]
     return [
-        {
-            "target": "W1 c32: >= 10x the naive baseline's requests/s",
-            "value": w1_32["rps"] / naive["W1 c32"]["rps"],
-            "goal": 10.0,
-            "met": w1_32["rps"] / naive["W1 c32"]["rps"] >= 10,
-            "unit": "x",
-        },
-        {
-            "target": "W1 c32: >= 20% of the bare ASGI floor's requests/s",
-            "value": 100 * w1_32["rps"] / bare["W1 c32"]["rps"],
-            "goal": 20.0,
-            "met": w1_32["rps"] / bare["W1 c32"]["rps"] >= 0.2,
-            "unit": "%",
-        },
-        {
-            "target": "W1 c1: p50 <= 1.5x (HTTP floor p50 + ONNX Runtime p50)",
-            "value": w1_1["p50_us"] / floor_c1,
-            "goal": 1.5,
-            "met": w1_1["p50_us"] <= 1.5 * floor_c1,
-            "unit": "x",
-        },
-        {
-            "target": "W2: time per request <= 1.25x in-process decode + ORT + encode",
-            "value": w2_time / fl["inproc_W2_path"]["mean_us"],
-            "goal": 1.25,
-            "met": w2_time <= 1.25 * fl["inproc_W2_path"]["mean_us"],
-            "unit": "x",
-        },
-        {
-            "target": "W1 c32: >= 2x the hand-rolled baseline's requests/s",
-            "value": w1_32["rps"] / hand["W1 c32"]["rps"],
-            "goal": 2.0,
-            "met": w1_32["rps"] >= 2 * hand["W1 c32"]["rps"],
-            "unit": "x",
-        },
-        {
-            "target": "W1 c1: p50 <= the hand-rolled baseline's",
-            "value": w1_1["p50_us"] / hand["W1 c1"]["p50_us"],
-            "goal": 1.0,
-            "met": w1_1["p50_us"] <= hand["W1 c1"]["p50_us"],
-            "unit": "x",
-        },
-        {
-            "target": "W2 c4: >= 1.2x the hand-rolled baseline's requests/s",
-            "value": w2["rps"] / hand["W2 c4"]["rps"],
-            "goal": 1.2,
-            "met": w2["rps"] >= 1.2 * hand["W2 c4"]["rps"],
-            "unit": "x",
-        },
-        {
-            "target": "W3: >= 1.2x the hand-rolled baseline's requests/s",
-            "value": s["W3 c1"]["rps"] / hand["W3 c1"]["rps"],
-            "goal": 1.2,
-            "met": s["W3 c1"]["rps"] >= 1.2 * hand["W3 c1"]["rps"],
-            "unit": "x",
-        },
-        {
-            "target": "peak RSS of the serving process < 300 MB",
-            "value": s["peak_rss_mb"],
-            "goal": 300.0,
-            "met": s["peak_rss_mb"] < 300,
-            "unit": "MB",
-        },
-        {
-            "target": "peak RSS per process under the largest legal request of each shape family < 300 MB",
-            "value": worst,
-            "goal": 300.0,
-            "met": worst < 300,
-            "unit": "MB",
-        },
-        {
-            "target": "1 x 10,000 + 255 x 1 steps: time <= 1.25x the two parts sent apart",
-            "value": res["largest"]["padding"]["ratio"],
-            "goal": 1.25,
-            "met": res["largest"]["padding"]["ratio"] <= 1.25,
-            "unit": "x",
-        },
+        _target(
+            "W1 c32: >= 10x the naive baseline's requests/s", w1_32["rps"] / naive["W1 c32"]["rps"], ">=", 10.0, "x"
+        ),
+        _target(
+            "W1 c32: >= 20% of the bare ASGI floor's requests/s",
+            100 * w1_32["rps"] / bare["W1 c32"]["rps"],
+            ">=",
+            20.0,
+            "%",
+        ),
+        _target("W1 c1: p50 <= 1.5x (HTTP floor p50 + ONNX Runtime p50)", w1_1["p50_us"] / floor_c1, "<=", 1.5, "x"),
+        _target(
+            "W2: time per request <= 1.25x in-process decode + ORT + encode",
+            w2_time / fl["inproc_W2_path"]["mean_us"],
+            "<=",
+            1.25,
+            "x",
+        ),
+        _target(
+            "W1 c32: >= 2x the hand-rolled baseline's requests/s", w1_32["rps"] / hand["W1 c32"]["rps"], ">=", 2.0, "x"
+        ),
+        _target("W1 c1: p50 <= the hand-rolled baseline's", w1_1["p50_us"] / hand["W1 c1"]["p50_us"], "<=", 1.0, "x"),
+        _target(
+            "W2 c4: >= 1.2x the hand-rolled baseline's requests/s", w2["rps"] / hand["W2 c4"]["rps"], ">=", 1.2, "x"
+        ),
+        _target(
+            "W3: >= 1.2x the hand-rolled baseline's requests/s",
+            s["W3 c1"]["rps"] / hand["W3 c1"]["rps"],
+            ">=",
+            1.2,
+            "x",
+        ),
+        _target("peak RSS of the serving process < 300 MB", s["peak_rss_mb"], "<", 300.0, "MB"),
+        _target(
+            "peak RSS per process under the largest legal request of each shape family < 300 MB",
+            worst,
+            "<",
+            300.0,
+            "MB",
+        ),
+        _target(
+            "1 x 10,000 + 255 x 1 steps: time <= 1.25x the two parts sent apart",
+            res["largest"]["padding"]["ratio"],
+            "<=",
+            1.25,
+            "x",
+        ),
     ]
+
+
+def _target(text: str, value: float, relation: str, goal: float, unit: str) -> dict[str, Any]:
+    met = {">=": value >= goal, "<=": value <= goal, "<": value < goal}[relation]
+    return {"target": text, "value": value, "goal": goal, "met": met, "unit": unit}
 
 
 def markdown(res: dict[str, Any]) -> str:

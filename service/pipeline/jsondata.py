@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 import simdjson
 
-from . import rules
+from . import memory, rules
 from .errors import InvalidInput, Loc, error
 from .rules import Dim
 
@@ -51,7 +51,7 @@ def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",)) -> T:
         pass
     # Whatever the fast reader stumbles on, the exact one decides, and words the error. It builds a
     # Python object per value: large bodies take turns, and their memory goes back at once.
-    if len(body) <= LARGE_BODY:
+    if len(body) <= memory.LARGE_BODY_BYTES:  # exact decodes of larger bodies run one at a time
         return read(Reader(body, exact=True, loc=loc))
     with _LARGE_EXACT:
         try:
@@ -62,7 +62,6 @@ def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",)) -> T:
 
 MAX_KEYS = 64  # an object with more keys than any request needs goes to the exact reader (simdjson looks keys up
 # one by one: many keys would cost their square)
-LARGE_BODY = 1 << 20  # exact decodes of larger bodies run one at a time: each costs many times its size
 _LARGE_EXACT = threading.Semaphore(1)
 
 
