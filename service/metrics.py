@@ -4,8 +4,10 @@ to shared files, and ``/metrics`` adds them up, whichever worker answers."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -55,6 +57,20 @@ STREAM_CLOSES = Counter(
 MODEL_INFO = Gauge(
     "lstm_model_info", "The served model (always 1).", ["name", "version", "provider"], multiprocess_mode="livemax"
 )
+
+
+def answered(path: str, status: int, seconds: float) -> None:
+    """Count one answered HTTP request and its time."""
+    count, latency = _request_series(path, status)
+    count.inc()
+    latency.observe(seconds)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_series(path: str, status: int) -> tuple[Any, Any]:
+    """The labelled series of one path and status (looked up once: a lookup costs more than the update)."""
+    route = route_label(path)
+    return REQUESTS.labels(route, str(status)), LATENCY.labels(route)
 
 
 def route_label(path: str) -> str:

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     batch_max_delay_ms: float = _doc(
         0.0, "How long a non-full batch waits for more requests; 0: an idle model starts at once.", ge=0.0
     )
+    inline_max_steps: int = _doc(
+        256,
+        "A request of at most this many real steps, when it is all a worker has to do, runs on the event "
+        "loop instead of the batcher's thread (two thread hand-offs cost more than the model); 0: never.",
+        ge=0,
+    )
     chunk_steps: int = _doc(
         1024,
         "A longer sequence runs in time chunks of this many steps, its states carried from chunk to chunk "

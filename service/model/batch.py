@@ -19,13 +19,18 @@ class Batch:
     h0: np.ndarray  # [L, B, H] float32
     c0: np.ndarray  # [L, B, H] float32
     lengths: np.ndarray = field(init=False)  # [B] int64
+    size: int = field(init=False)  # sequences
+    steps: int = field(init=False)  # steps of all sequences together: the work the request really asks for
+    longest: int = field(init=False)  # steps of the longest sequence
+    equal: bool = field(init=False)  # every sequence has the same length
 
     def __post_init__(self) -> None:
-        self.lengths = np.fromiter((len(s) for s in self.x), dtype=np.int64, count=len(self.x))
-
-    @property
-    def size(self) -> int:
-        return len(self.x)
+        counts = [len(s) for s in self.x]
+        self.lengths = np.array(counts, dtype=np.int64)
+        self.size = len(counts)
+        self.steps = sum(counts)
+        self.longest = max(counts, default=0)
+        self.equal = min(counts, default=0) == self.longest
 
     def padded(self) -> np.ndarray:
         """The sequences as one zero-padded array [B, max T_i, F]."""
@@ -33,11 +38,6 @@ class Batch:
         for i, s in enumerate(self.x):
             out[i, : len(s)] = s
         return out
-
-    @property
-    def steps(self) -> int:
-        """Steps of all sequences together: the work the request really asks for."""
-        return int(self.lengths.sum())
 
 
 def merge(batches: list[Batch]) -> Batch:

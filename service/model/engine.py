@@ -169,7 +169,7 @@ class Engine:
     def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """One ONNX Runtime call on a padded batch. A call larger than SHRINK_STEPS gives the memory its
         activations took back to the system afterwards: ONNX Runtime's arena otherwise keeps its peak."""
-        feeds = dict(zip(INPUTS, (x, h0, c0, lengths.astype(self.lengths_dtype)), strict=True))
+        feeds = dict(zip(INPUTS, (x, h0, c0, lengths.astype(self.lengths_dtype, copy=False)), strict=True))
         options = _SHRINK if x.shape[0] * x.shape[1] > SHRINK_STEPS else None
         self.steps_run += x.shape[0] * x.shape[1]
         out: list[np.ndarray] = self.session.run(_OUTPUTS, feeds, options)
@@ -177,12 +177,11 @@ class Engine:
 
     def predict(self, batch: Batch) -> list[SequenceResult]:
         """One result per sequence, in order: exactly its own steps and the states after its own last step."""
-        lengths = batch.lengths
-        longest = int(lengths.max())
         ys: list[np.ndarray] | np.ndarray
-        if longest <= self.chunk_steps and batch.size * longest <= self.call_max_steps and lengths.min() == longest:
+        if batch.equal and batch.longest <= self.chunk_steps and batch.steps <= self.call_max_steps:
             # Equal lengths that fit one call (the common case): no padding to plan.
-            ys, hn, cn = self._run(np.stack(batch.x), batch.h0, batch.c0, lengths)
+            x = batch.x[0][None] if batch.size == 1 else np.stack(batch.x)
+            ys, hn, cn = self._run(x, batch.h0, batch.c0, batch.lengths)
         else:
             ys, hn, cn = self._scheduled(batch)
         # Batch-major and contiguous, so each sequence's slice is contiguous too (fast encoding).

@@ -10,6 +10,7 @@ and the explanation path. Knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -83,6 +84,7 @@ class DataPlane:
     batcher: Batcher | None  # None: each request runs alone in a worker thread
     admission: Admission
     timeout_s: float  # deadline of one request, from its admission
+    inline_max_steps: int = 0  # a lone request of at most this many real steps runs on the event loop
 
     async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
         """Admit, then read, decode, infer and encode within the deadline."""
@@ -111,8 +113,29 @@ class DataPlane:
             if size > memory.LARGE_BODY_BYTES:
                 memory.trim()
 
+    def _idle(self) -> bool:
+        return self.admission.admitted == 1 and (self.batcher is None or self.batcher.depth == 0)
+
+    async def _alone(self) -> bool:
+        """Whether this request is all the worker has to do, still after one turn of the event loop:
+        requests that arrived with it are admitted in that turn, and then go to the batcher together."""
+        if not self._idle():
+            return False
+        await asyncio.sleep(0)
+        return self._idle()
+
+    def _inline(self, batch: Batch) -> list[SequenceResult]:
+        """Run on the event loop: for a small lone request, two thread hand-offs cost more than the model."""
+        start = time.perf_counter()
+        results = self.engine.predict(batch)
+        metrics.INFERENCE.observe(time.perf_counter() - start)
+        metrics.BATCH_SIZE.observe(batch.size)
+        return results
+
     async def infer(self, call: Call[Any]) -> Outcome:
-        if self.batcher is not None:
+        if call.batch.steps <= self.inline_max_steps and await self._alone():
+            results = self._inline(call.batch)
+        elif self.batcher is not None:
             results = await self.batcher.predict(call.batch)  # cancelled at the deadline: dropped if still queued
         else:
             results = await run_in_threadpool(self.engine.predict, call.batch)

@@ -129,22 +129,23 @@ class Reader:
         if self.exact:
             return _exact_array(obj, loc, dims)
         try:
-            shape = [len(obj)]
-            level = [obj]
-            for _ in dims[1:]:
-                level = [item for parent in level for item in parent]
-                sizes = {len(item) for item in level}
-                if len(sizes) > 1:
-                    raise NotFast
-                shape.append(sizes.pop() if sizes else 0)
-            if not all(d.min <= n <= d.max for d, n in zip(dims, shape, strict=True)):
+            n = len(obj)
+            if not dims[0].min <= n <= dims[0].max:
                 raise NotFast
+            shape, level, arrays = [n], [obj], 1
+            for dim in dims[1:]:
+                level = [item for parent in level for item in parent]
+                arrays += len(level)
+                n = len(level[0]) if level else 0
+                if not dim.min <= n <= dim.max or any(len(item) != n for item in level):
+                    raise NotFast
+                shape.append(n)
             flat = _buffer(obj, "d")
         except (TypeError, ValueError, RuntimeError, KeyError):
             raise NotFast from None
         if flat.size != math.prod(shape):
             raise NotFast
-        self.arrays += sum(math.prod(shape[:k]) for k in range(len(dims)))
+        self.arrays += arrays
         return rules.finite_float32(flat.reshape(shape), loc)
 
     def sequences(self, obj: Any, loc: Loc, dims: Sequence[Dim]) -> list[np.ndarray]:
@@ -161,12 +162,15 @@ class Reader:
             raise NotFast from None
         if count := seqs.count_error(len(lengths), loc):
             raise InvalidInput([count])  # worded as the exact reader words it, without its cost
+        width = values.max
         try:
-            if not all(steps.min <= n <= steps.max for n in lengths):
+            if not steps.min <= min(lengths) <= max(lengths) <= steps.max:
                 raise TypeError("a sequence of too many or too few steps")
             flat = _buffer(obj, "d")
-            if not all(len(step) == values.max for seq in obj for step in seq):
-                raise TypeError("a step of another size")
+            for seq in obj:
+                for step in seq:
+                    if len(step) != width:
+                        raise TypeError("a step of another size")
         except (TypeError, ValueError, RuntimeError, KeyError):
             self._faults(obj, loc, dims)  # the faulty sequences alone, read exactly: they name the places
             raise NotFast from None

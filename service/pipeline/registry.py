@@ -42,7 +42,9 @@ class Registry:
                 batcher = None
                 if s.batching:
                     batcher = Batcher(engine, s.batch_max_size, s.batch_max_delay_ms / 1000, s.call_max_steps)
-                planes[(name, str(version))] = DataPlane(engine, limits, batcher, admission, s.request_timeout_s)
+                planes[(name, str(version))] = DataPlane(
+                    engine, limits, batcher, admission, s.request_timeout_s, s.inline_max_steps
+                )
                 metrics.MODEL_INFO.labels(name, str(version), engine.provider).set(1)
         return cls(planes, (default_folder.parent.name, default_folder.name), admission)
 

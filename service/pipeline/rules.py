@@ -17,6 +17,7 @@ run on whole arrays at once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -56,6 +57,8 @@ class Dim:
     names: Sequence[str] = ()  # the items' names, quoted in messages (the model's features)
 
     def count_error(self, n: int, loc: Loc) -> dict[str, Any] | None:
+        if self.min <= n <= self.max:
+            return None
         names = f" ({', '.join(self.names)})" if self.names else ""
         if self.min == self.max and n != self.min:
             kind = "too_short" if n < self.min else "too_long"
@@ -67,18 +70,24 @@ class Dim:
         return None
 
 
-def sequence_dims(spec: ModelSpec, limits: Limits) -> list[Dim]:
+def sequence_dims(spec: ModelSpec, limits: Limits) -> tuple[Dim, Dim, Dim]:
     """``[sequence][step][value]``: how many of each a request may hold, for every reader and ``batch``."""
-    return [
-        Dim("sequence", 1, limits.max_batch_size),
-        Dim("step", 1, limits.max_steps),
-        Dim("value", spec.input_size, spec.input_size, spec.feature_names),
-    ]
+    return _sequence_dims(spec.input_size, tuple(spec.feature_names), limits.max_batch_size, limits.max_steps)
 
 
-def state_dims(spec: ModelSpec) -> list[Dim]:
+@functools.cache
+def _sequence_dims(features: int, names: tuple[str, ...], max_batch_size: int, max_steps: int) -> tuple[Dim, Dim, Dim]:
+    return Dim("sequence", 1, max_batch_size), Dim("step", 1, max_steps), Dim("value", features, features, names)
+
+
+def state_dims(spec: ModelSpec) -> tuple[Dim, Dim]:
     """``[layer][unit]``: one sequence's h or c."""
-    return [Dim("layer", spec.num_layers, spec.num_layers), Dim("unit", spec.hidden_size, spec.hidden_size)]
+    return _state_dims(spec.num_layers, spec.hidden_size)
+
+
+@functools.cache
+def _state_dims(layers: int, units: int) -> tuple[Dim, Dim]:
+    return Dim("layer", layers, layers), Dim("unit", units, units)
 
 
 def _plural(label: str, n: int) -> str:
@@ -90,15 +99,24 @@ def not_a_number(value: Any) -> bool:
     return isinstance(value, bool) or not isinstance(value, (int, float))
 
 
+# The smallest magnitude that float32 rounds to infinity (half an ulp above its largest finite value).
+_F32_OVERFLOW = float(2**128 - 2**103)
+
+
 def finite_float32(a: np.ndarray, loc: Loc) -> np.ndarray:
     """``a`` as float32, or InvalidInput naming the first value that is not finite within float32's range."""
-    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range becomes inf, reported below
-        out = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.isfinite(out).all():
+    # Whole-array checks first (NaN fails every comparison); only a refusal looks for the place.
+    if a.dtype == np.float32:
+        ok = bool(np.isfinite(a).all())
+    else:
+        ok = a.size == 0 or (a.min() > -_F32_OVERFLOW and a.max() < _F32_OVERFLOW)
+    if not ok:
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range becomes inf, reported here
+            out = np.asarray(a, dtype=np.float32)
         at = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
         msg = "Input should be a finite number within float32 range"
         raise InvalidInput([error((*loc, *at), msg, "finite_number")])
-    return out
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def tensor_values(values: list[Any] | np.ndarray, loc: Loc, dtype: np.dtype[Any]) -> np.ndarray:
@@ -189,18 +207,18 @@ def batch(
     n = len(x)
     check_counts(n, padded_steps, spec, limits, places)
     step_dim = sequence_dims(spec, limits)[1]
+    steps = 0
     for i, s in enumerate(x):
         if count := step_dim.count_error(len(s), (*places.x, i)):
             raise InvalidInput([count])
         if s.ndim != 2 or s.shape[1] != spec.input_size or s.dtype != np.float32:
             raise InvalidInput([error((*places.x, i), f"Each step should hold {spec.input_size} values", "shape")])
-    lengths = np.fromiter((len(s) for s in x), dtype=np.int64, count=n)
-    values = int(lengths.sum()) * spec.input_size
+        steps += len(s)
+    values = steps * spec.input_size
     if values > limits.max_total_values:
         msg = f"Should have at most {limits.max_total_values} values in all, not {values}"
         raise InvalidInput([error(places.x, msg, "too_long", limit=limits.max_total_values)])
     if explain:
-        steps = int(lengths.sum())
         explained = steps * spec.num_layers * spec.hidden_size
         if explained > limits.explain_max_values:
             msg = (

@@ -3,7 +3,8 @@ and the uvicorn protocol that bounds slow and oversized request headers.
 
 uvicorn bounds idle keep-alive connections and, with ``limit_concurrency``, open connections, but
 not how long a client may take to send its headers, nor (with httptools) how large they may be:
-``GuardedHttpToolsProtocol`` adds both (408 and 431, then the connection is closed).
+``GuardedHttpToolsProtocol`` adds both (408 and 431, then the connection is closed), and sends each
+answer's head and body in one write (``CorkedTransport``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .. import metrics
 from ..pipeline.errors import BodyTimeout, ClientDisconnected, PayloadTooLarge
@@ -62,6 +63,49 @@ async def respond(
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+class CorkedTransport:
+    """The connection's transport as one request's answer sees it: uvicorn writes the status line and
+    headers, then the body, as two writes (two system calls, two packets, two wake-ups of the client);
+    this holds the first until the second, and sends both in one. Whatever is held goes out when the
+    answer completes or the connection closes (a HEAD answer has no body to wait for)."""
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self.transport = transport
+        self.cycle = cycle
+        self.held: bytes | None = None
+        self.started = False
+
+    def write(self, data: bytes) -> None:
+        if self.held is not None:
+            data, self.held = self.held + data, None
+        elif not self.started and self.cycle.response_started:  # the status line and headers
+            self.started = True
+            self.held = data
+            return
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def completed(self, then: Callable[[], None]) -> Callable[[], None]:
+        """``then``, once what is held has gone out."""
+
+        def done() -> None:
+            self.flush()
+            then()
+
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -136,6 +180,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle is not before:
             # Lets the request log tell a client that left before its answer (499) from one served.
             cycle.scope["state"][CLIENT_LEFT] = lambda: cycle.disconnected
+            corked = CorkedTransport(self.transport, cycle)
+            cycle.transport = corked  # type: ignore[assignment]  # writes, closes, and passes on the rest
+            cycle.on_response = corked.completed(cycle.on_response)
 
     def data_received(self, data: bytes) -> None:
         if not self.transport.is_closing():

@@ -69,17 +69,15 @@ class RequestContext:
             client_left = scope["state"].get(CLIENT_LEFT)
             if client_left is not None and client_left():
                 status = CLIENT_CLOSED_REQUEST  # whatever was sent, nobody received it
-            route = metrics.route_label(scope["path"])
             if self.metrics_on:
-                metrics.REQUESTS.labels(route, str(status)).inc()
-                metrics.LATENCY.labels(route).observe(elapsed)
+                metrics.answered(scope["path"], status, elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "request",
                     extra={
                         "request_id": request_id,
                         "method": scope["method"],
-                        "path": route,
+                        "path": metrics.route_label(scope["path"]),
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 3),
                         "client": (scope.get("client") or ("", 0))[0],

@@ -1,0 +1,87 @@
+"""The shared request path: where a request's model call runs (on the event loop, alone, or merged by the
+batcher), and that the answer is the same either way."""
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from service.model.batch import Batch, SequenceResult
+from service.model.engine import Engine
+from service.pipeline.batcher import Batcher
+from service.pipeline.dataplane import Admission, DataPlane
+from service.pipeline.rules import Limits
+from service.protocols import rest
+from service.settings import Settings
+
+
+class Threads:
+    """The engine, recording which thread ran each call and how many sequences it held."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.calls = engine, []
+        self.spec = engine.spec
+
+    def predict(self, batch: Batch) -> list[SequenceResult]:
+        self.calls.append((threading.current_thread().name, batch.size))
+        return self.engine.predict(batch)
+
+
+@pytest.fixture
+def plane(repo: Path, settings: Settings) -> DataPlane:
+    engine = Threads(Engine.load(repo / "tiny" / "1", provider="cpu"))
+    return DataPlane(engine, Limits.from_settings(settings), None, Admission(64), 10.0, 64)  # type: ignore[arg-type]
+
+
+def body(steps: int, seed: int) -> bytes:
+    x = np.random.default_rng(seed).standard_normal((1, steps, 4)).round(3)
+    doc = {"inputs": x, "h0": np.full((1, 2, 8), 0.1), "c0": np.full((1, 2, 8), -0.2)}
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+async def serve(plane: DataPlane, bodies: list[bytes]) -> list[dict]:
+    plane.batcher = Batcher(plane.engine)  # a fresh one for each run: a thread starts once
+    plane.batcher.start()
+    try:
+
+        async def one(b: bytes) -> dict:
+            async def read() -> bytes:
+                return b
+
+            return orjson.loads(await plane.serve(rest.CODEC, read))
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+    finally:
+        plane.batcher.stop()
+
+
+def test_a_lone_small_request_runs_on_the_event_loop(plane: DataPlane) -> None:
+    (answer,) = asyncio.run(serve(plane, [body(32, 0)]))
+    assert plane.engine.calls == [(threading.main_thread().name, 1)]  # type: ignore[attr-defined]
+    assert len(answer["outputs"][0]) == 32
+
+
+def test_requests_that_arrive_together_are_merged_by_the_batcher(plane: DataPlane) -> None:
+    bodies = [body(32, seed) for seed in range(8)]
+    together = asyncio.run(serve(plane, bodies))
+    calls = list(plane.engine.calls)  # type: ignore[attr-defined]
+    assert {name for name, _ in calls} == {"lstm-batcher"} and max(size for _, size in calls) > 1
+    alone = []
+    for b in bodies:
+        alone += asyncio.run(serve(plane, [b]))  # each on the event loop
+    assert plane.engine.calls[len(calls) :] == [(threading.main_thread().name, 1)] * len(bodies)  # type: ignore[attr-defined]
+    for a, b in zip(together, alone, strict=True):
+        for key in ("outputs", "hn", "cn"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("steps", "inline_max_steps"), [(65, 64), (1, 0)], ids=["too-long", "inline-off"])
+def test_a_lone_request_over_the_inline_limit_goes_to_the_batcher(
+    plane: DataPlane, steps: int, inline_max_steps: int
+) -> None:
+    plane.inline_max_steps = inline_max_steps
+    asyncio.run(serve(plane, [body(steps, 0)]))
+    assert plane.engine.calls == [("lstm-batcher", 1)]  # type: ignore[attr-defined]
