@@ -7,6 +7,9 @@ Workloads (bodies cut from the committed data):
   W1  stream chunks: batch 1, 32 steps, states given; concurrency 1 and 32
   W2  bulk: batch 64, 100 steps; concurrency 4
   W3  one 2,000-step stream in 20-step chunks, sequential, states carried (wrk + stream.lua)
+The default server also runs each on /v2 with binary tensors (W1v2, W2v2; W3v2 with stream_v2.lua, the
+states passed back as the bytes that came), and W3 over the WebSocket stream (W3ws, bench/ws_stream.py:
+the server keeps the states).
 
 The service runs with its defaults (a JSON log line per request, written to a file, metrics on),
 with batching off, and with its request log off. Then the largest request of each shape family
@@ -42,7 +45,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from . import largest
+from . import largest, ws_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -66,13 +69,34 @@ def make_bodies(tmp: Path, meta: dict[str, Any]) -> dict[str, Path]:
     states = (rng.standard_normal((2, 1, layers, hidden)) * 0.3).astype(np.float32)
     w1 = {"inputs": [rows[:32]], "h0": states[0], "c0": states[1]}
     w2 = {"inputs": [rows[s : s + 100] for s in rng.integers(0, len(rows) - 100, 64)]}
-    stream = np.concatenate([rows, rows])[:2000]
+    stream = np.concatenate([rows, rows])[:2000].astype(np.float32)
     files = {"W1": tmp / "w1.json", "W2": tmp / "w2.json", "W3": tmp / "w3_chunks.txt"}
     files["W1"].write_bytes(orjson.dumps(w1, option=orjson.OPT_SERIALIZE_NUMPY))
     files["W2"].write_bytes(orjson.dumps(w2, option=orjson.OPT_SERIALIZE_NUMPY))
     chunks = [orjson.dumps(stream[i : i + 20], option=orjson.OPT_SERIALIZE_NUMPY) for i in range(0, 2000, 20)]
     files["W3"].write_bytes(b"\n".join(chunks) + b"\n")
+    # The same workloads over the Open Inference Protocol with binary tensors (states [layers, batch, hidden]).
+    h0, c0 = (np.ascontiguousarray(s.transpose(1, 0, 2)) for s in states)
+    files["W1v2"], files["W2v2"], files["W3v2"] = tmp / "w1.bin", tmp / "w2.bin", tmp / "w3_chunks.bin"
+    for name, tensors in (
+        ("W1v2", {"x": np.asarray(w1["inputs"], np.float32), "h0": h0, "c0": c0}),
+        ("W2v2", {"x": np.asarray(w2["inputs"], np.float32)}),
+    ):
+        header, blobs = binary_request(tensors)
+        files[name].write_bytes(header + blobs)
+        files[name].with_suffix(".header").write_text(str(len(header)))
+    files["W3v2"].write_bytes(stream.tobytes())
     return files
+
+
+def binary_request(tensors: dict[str, np.ndarray]) -> tuple[bytes, bytes]:
+    """An Open Inference Protocol request, binary outputs asked for: its JSON header, and the tensors' bytes."""
+    inputs = [
+        {"name": k, "shape": list(v.shape), "datatype": "FP32", "parameters": {"binary_data_size": v.nbytes}}
+        for k, v in tensors.items()
+    ]
+    header = orjson.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}})
+    return header, b"".join(v.astype(np.float32).tobytes() for v in tensors.values())
 
 
 # ---------------------------------------------------------------- floors
@@ -164,9 +188,26 @@ def peak_rss_mb(pid: int) -> float:
     return max(peaks)
 
 
-def wrk(url: str, workload: str, conns: int, seconds: int, files: dict[str, Path]) -> dict[str, Any]:
-    script = "stream.lua" if workload == "W3" else "post.lua"
+def wrk(
+    url: str, workload: str, conns: int, seconds: int, files: dict[str, Path], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """One wrk run. A workload ending in v2 goes to the Open Inference Protocol with binary tensors."""
     env = {**os.environ, "BENCH_DIR": str(BENCH), "BODY_FILE": str(files[workload]), "CHUNKS_FILE": str(files["W3"])}
+    script = "post.lua"
+    if workload.endswith("v2"):
+        env["BODY_PATH"] = f"/v2/models/{meta['name']}/infer"
+        if workload != "W3v2":
+            env["HEADER_LENGTH"] = files[workload].with_suffix(".header").read_text()
+    if workload == "W3":
+        script = "stream.lua"
+    elif workload == "W3v2":
+        script = "stream_v2.lua"
+        env.update(
+            CHUNKS_FILE=str(files["W3v2"]),
+            CHUNK_BYTES=str(20 * meta["input_size"] * 4),
+            SHAPE_X=f"[1,20,{meta['input_size']}]",
+            SHAPE_S=f"[{meta['num_layers']},1,{meta['hidden_size']}]",
+        )
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / script), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
@@ -177,14 +218,27 @@ def wrk(url: str, workload: str, conns: int, seconds: int, files: dict[str, Path
     return r
 
 
+def load(
+    url: str, workload: str, conns: int, seconds: int, files: dict[str, Path], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """One run: wrk for HTTP, bench/ws_stream.py for W3 over the WebSocket stream."""
+    if workload != "W3ws":
+        return wrk(url, workload, conns, seconds, files, meta)
+    chunks = files["W3"].read_bytes().splitlines()
+    r = ws_stream.run(url, meta["name"], chunks, seconds)
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
 RUNS = [("W1", 1), ("W1", 32), ("W2", 4), ("W3", 1)]
+PROTOCOL_RUNS = [("W1v2", 1), ("W1v2", 32), ("W2v2", 4), ("W3v2", 1), ("W3ws", 1)]  # the default server only
 SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
     "bare ASGI (HTTP floor)": (
         [PY, "-m", "uvicorn", "bench.bare_asgi:app", "--port", "{port}", "--log-level", "warning", "--no-access-log"],
         {},
         [("W1", 1), ("W1", 32)],
     ),
-    "service, batching on (default)": ([PY, "-m", "service"], {}, RUNS),
+    "service, batching on (default)": ([PY, "-m", "service"], {}, RUNS + PROTOCOL_RUNS),
     "service, batching off": ([PY, "-m", "service"], {"LSTM_BATCHING": "false"}, RUNS),
     "service, request logs off": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning"}, [("W1", 1), ("W1", 32)]),
     "hand-rolled FastAPI + ONNX Runtime": (
@@ -252,6 +306,23 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "W3: >= 1.2x the hand-rolled baseline's requests/s",
             s["W3 c1"]["rps"] / hand["W3 c1"]["rps"],
+            ">=",
+            1.2,
+            "x",
+        ),
+        *(
+            _target(
+                f"{run} on /v2 with binary tensors: requests/s within 15% of /predict's",
+                s[run.replace(" ", "v2 ", 1)]["rps"] / s[run]["rps"],
+                ">=",
+                0.85,
+                "x",
+            )
+            for run in ("W1 c1", "W1 c32", "W2 c4", "W3 c1")
+        ),
+        _target(
+            "W3 over the WebSocket stream: >= 1.2x the hand-rolled baseline's requests/s",
+            s["W3ws c1"]["rps"] / hand["W3 c1"]["rps"],
             ">=",
             1.2,
             "x",
@@ -381,9 +452,9 @@ def main() -> int:
             print(f"== {name}", flush=True)
             with server(cmd, env) as (url, pid):
                 out: dict[str, Any] = {}
-                wrk(url, "W1", 4, 2, files)  # warm-up
+                wrk(url, "W1", 4, 2, files, meta)  # warm-up
                 for workload, conns in runs:
-                    r = wrk(url, workload, conns, args.seconds, files)
+                    r = load(url, workload, conns, args.seconds, files, meta)
                     out[f"{workload} c{conns}"] = r
                     print(
                         f"   {workload} c{conns}: {r['rps']:,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, "

@@ -19,7 +19,7 @@ from .model.engine import Engine
 from .pipeline.errors import ServiceError
 from .pipeline.registry import Registry
 from .protocols import rest
-from .protocols.fastpath import PredictFastPath
+from .protocols.fastpath import FastPath
 from .protocols.oip_routes import router as oip_router
 from .protocols.rest_routes import router
 from .protocols.websocket import Connections
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
 
     app.add_exception_handler(ServiceError, typed_error)
     # Outside FastAPI's own stack, outermost first: RequestContext, CORS, the key check, the fast path.
-    edge: ASGIApp = PredictFastPath(app.route, app) if s.fast_path else app.route
+    edge: ASGIApp = FastPath(app.route, app) if s.fast_path else app.route
     if s.api_keys:
         edge = ApiKeyAuth(edge, keys=s.api_keys)
     if s.cors_origins:

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
         ge=1,
     )
     fast_path: bool = _doc(
-        True, "Answer `POST /predict` straight from ASGI; `false`: through FastAPI (so app middleware sees it)."
+        True,
+        "Answer the inference routes (`POST /predict`, `/v1/models/.../predict`, `/v2/models/.../infer`) straight "
+        "from ASGI, in front of FastAPI; `false`: through FastAPI (so app middleware sees them).",
     )
     max_batch_size: int = _doc(256, "Sequences per request.", ge=1)
     max_steps: int = _doc(10_000, "Steps per sequence.", ge=1)

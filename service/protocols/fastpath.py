@@ -1,9 +1,13 @@
-"""ASGI middleware that serves ``POST /predict`` without FastAPI's per-request machinery.
+"""The edge's fast path: the inference routes of every HTTP protocol, answered straight from ASGI.
 
 FastAPI's middleware stack, routing, dependency injection and response objects cost more than the
-model for a small streaming chunk. This answers the one hot route straight from the ASGI messages,
-in front of FastAPI (``service.app.ServiceApp``), through the same ``DataPlane`` and REST codec as
-the documented FastAPI route; every other request passes through untouched.
+model for a small streaming chunk. In front of FastAPI (``service.app.ServiceApp``) this answers
+
+- ``POST /predict`` and ``POST /v1/models/{name}[/versions/{version}]/predict`` (REST codec),
+- ``POST /v2/models/{name}[/versions/{version}]/infer`` (Open Inference Protocol),
+
+through the same ``DataPlane``, codecs and error mappings as the documented FastAPI routes (which
+serve them when ``LSTM_FAST_PATH=false``); every other request passes on untouched.
 """
 
 from __future__ import annotations
@@ -14,25 +18,53 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..pipeline.dataplane import DataPlane
 from ..pipeline.errors import ServiceError
+from ..pipeline.registry import Registry
 from ..server.http import body_reader, respond
 from . import rest
+from .oip_routes import serve_infer
 
 
-class PredictFastPath:
-    def __init__(self, app: ASGIApp, owner: Starlette, path: str = "/predict") -> None:
+def route(path: str) -> tuple[str, str | None, str | None] | None:
+    """(protocol, model, version) of an inference route, or None: ``("rest", None, None)`` for /predict."""
+    if path == "/predict":
+        return "rest", None, None
+    parts = path.split("/")  # "", "v1" or "v2", "models", name, ["versions", version,] action
+    if len(parts) not in (5, 7) or parts[2] != "models" or not parts[3]:
+        return None
+    version = None
+    if len(parts) == 7:
+        if parts[4] != "versions" or not parts[5]:
+            return None
+        version = parts[5]
+    if parts[1] == "v1" and parts[-1] == "predict":
+        return "rest", parts[3], version
+    if parts[1] == "v2" and parts[-1] == "infer":
+        return "oip", parts[3], version
+    return None
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp, owner: Starlette) -> None:
         self.app = app
-        self.state = owner.state  # where the lifespan puts the DataPlane
-        self.path = path
+        self.state = owner.state  # where the lifespan puts the registry and the default DataPlane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        found = route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if found is None:
             await self.app(scope, receive, send)
             return
-        plane: DataPlane | None = getattr(self.state, "plane", None)
-        if plane is None:
+        registry: Registry | None = getattr(self.state, "registry", None)
+        if registry is None:
             await respond(send, 503, orjson.dumps({"detail": "model not loaded yet"}))
             return
+        protocol, name, version = found
+        if protocol == "oip":
+            assert name is not None
+            status, body, headers, content_type = await serve_infer(registry, name, version, scope, receive)
+            await respond(send, status, body, headers, content_type)
+            return
         try:
+            plane: DataPlane = registry.default_plane if name is None else registry.get(name, version)
             answer = await plane.serve(rest.CODEC, body_reader(scope, receive, plane.limits))
         except ServiceError as exc:
             status, detail, headers = rest.error_response(exc)

@@ -89,7 +89,7 @@ V1_PREDICT_DOCS = {**PREDICT_DOCS, "responses": {**PREDICT_DOCS["responses"], **
 
 async def serve_predict(request: Request, plane: DataPlane) -> Response:
     answer = await plane.serve(rest.CODEC, body_reader(request.scope, request.receive, plane.limits))
-    return Response(answer, media_type="application/json")
+    return Response(answer, media_type="application/json")  # errors: the app's handler, rest.error_response
 
 
 @router.post("/predict", summary="Run a batch of sequences on the default model", **PREDICT_DOCS)
@@ -103,8 +103,8 @@ async def predict(request: Request, plane: PlaneDep) -> Response:
     forget, input and output gates, the candidate values and the cell and hidden states
     (a numpy reference of the LSTM equations on the model's own weights; lower limits apply).
     """
-    # With LSTM_FAST_PATH on (the default) PredictFastPath answers this route before FastAPI
-    # sees it, with the same pipeline; this handler serves it when the fast path is off.
+    # With LSTM_FAST_PATH on (the default) the edge's FastPath answers this route (and the other
+    # inference routes) before FastAPI sees it, with the same pipeline; this serves it when it is off.
     return await serve_predict(request, plane)
 
 

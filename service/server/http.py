@@ -23,6 +23,7 @@ from ..settings import get_settings
 from .middleware import CLIENT_LEFT
 
 JSON = b"application/json"
+BINARY = b"application/octet-stream"
 
 
 def body_reader(scope: Scope, receive: Receive, limits: Limits) -> Callable[[], Awaitable[bytes]]:
