@@ -61,15 +61,14 @@ MODEL_INFO = Gauge(
 
 def answered(path: str, status: int, seconds: float) -> None:
     """Count one answered HTTP request and its time."""
-    count, latency = _request_series(path, status)
+    count, latency = _request_series(route_label(path), status)
     count.inc()
     latency.observe(seconds)
 
 
 @functools.lru_cache(maxsize=1024)
-def _request_series(path: str, status: int) -> tuple[Any, Any]:
-    """The labelled series of one path and status (looked up once: a lookup costs more than the update)."""
-    route = route_label(path)
+def _request_series(route: str, status: int) -> tuple[Any, Any]:
+    """The labelled series of one route and status (looked up once: a lookup costs more than the update)."""
     return REQUESTS.labels(route, str(status)), LATENCY.labels(route)
 
 
