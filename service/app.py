@@ -11,15 +11,15 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .model.contract import ModelSpec
 from .model.engine import Engine
 from .pipeline.errors import ServiceError
 from .pipeline.registry import Registry
-from .protocols import rest
 from .protocols.fastpath import FastPath
+from .protocols.handlers import oip_error, rest_error
 from .protocols.oip_routes import router as oip_router
 from .protocols.rest_routes import router
 from .protocols.websocket import Connections
@@ -82,8 +82,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         registry.start()
         app.state.registry = registry
         app.state.stream_connections = Connections(s.stream_max_connections)
-        app.state.plane = registry.default_plane  # /predict and /model
-        app.state.engine = engine = registry.default_plane.engine
+        app.state.engine = engine = registry.default_plane.engine  # the OpenAPI page describes it
         app.state.ready = True
         watch_for_stop()
         log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
@@ -105,10 +104,11 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.include_router(router)
     app.include_router(oip_router)
 
-    async def typed_error(request: Request, exc: Exception) -> JSONResponse:
+    async def typed_error(request: Request, exc: Exception) -> Response:
+        """A ServiceError a route's dependency raised, in its protocol's shape."""
         assert isinstance(exc, ServiceError)
-        status, body, headers = rest.error_response(exc)
-        return JSONResponse(body, status_code=status, headers=headers)
+        status, body, headers, content_type = (oip_error if request.url.path.startswith("/v2") else rest_error)(exc)
+        return Response(body, status_code=status, headers=headers, media_type=content_type.decode())
 
     app.add_exception_handler(ServiceError, typed_error)
     # Outside FastAPI's own stack, outermost first: RequestContext, CORS, the key check, the fast path.

@@ -81,6 +81,16 @@ class UnknownModel(ServiceError, LookupError):
     status = 404
 
 
+class NotReady(ServiceError):
+    """The models are still loading (or the server is stopping)."""
+
+    status = 503
+    headers = {"Retry-After": "1"}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        super().__init__("model not loaded yet")
+
+
 class Overloaded(ServiceError):
     """Too many requests are already admitted."""
 

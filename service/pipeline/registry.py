@@ -8,6 +8,7 @@ model; its latest version unless ``LSTM_MODEL_VERSION`` pins one); ``/v1/models/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .. import metrics
 from ..model import repository
@@ -15,7 +16,7 @@ from ..model.engine import Engine
 from ..settings import Settings
 from .batcher import Batcher
 from .dataplane import Admission, DataPlane
-from .errors import UnknownModel
+from .errors import NotReady, UnknownModel
 from .rules import Limits
 
 
@@ -79,3 +80,11 @@ class Registry:
         if (name, version) not in self.planes:
             raise UnknownModel(f"Model {name!r} has no version {version}; versions: {', '.join(versions)}")
         return self.planes[(name, version)]
+
+
+def of(state: Any) -> Registry:
+    """The registry the lifespan put in an app's state, or NotReady while it loads."""
+    registry: Registry | None = getattr(state, "registry", None)
+    if registry is None:
+        raise NotReady
+    return registry

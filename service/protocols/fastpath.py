@@ -12,16 +12,13 @@ serve them when ``LSTM_FAST_PATH=false``); every other request passes on untouch
 
 from __future__ import annotations
 
-import orjson
-from starlette.applications import Starlette
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..pipeline.dataplane import DataPlane
 from ..pipeline.errors import ServiceError
-from ..pipeline.registry import Registry
-from ..server.http import body_reader, respond
-from . import rest
-from .oip_routes import serve_infer
+from ..pipeline.registry import of as registry_of
+from ..server.http import respond
+from .handlers import oip_error, rest_error, serve_oip, serve_rest
 
 
 def route(path: str) -> tuple[str, str | None, str | None] | None:
@@ -44,30 +41,24 @@ def route(path: str) -> tuple[str, str | None, str | None] | None:
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, owner: Starlette) -> None:
+    def __init__(self, app: ASGIApp, owner: FastAPI) -> None:
         self.app = app
-        self.state = owner.state  # where the lifespan puts the registry and the default DataPlane
+        self.owner = owner  # its state holds the registry the lifespan loads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if found is None:
+        if found is None or self.owner.dependency_overrides:  # overridden dependencies: FastAPI's routes honour them
             await self.app(scope, receive, send)
             return
-        registry: Registry | None = getattr(self.state, "registry", None)
-        if registry is None:
-            await respond(send, 503, orjson.dumps({"detail": "model not loaded yet"}))
-            return
         protocol, name, version = found
-        if protocol == "oip":
-            assert name is not None
-            status, body, headers, content_type = await serve_infer(registry, name, version, scope, receive)
-            await respond(send, status, body, headers, content_type)
-            return
         try:
-            plane: DataPlane = registry.default_plane if name is None else registry.get(name, version)
-            answer = await plane.serve(rest.CODEC, body_reader(scope, receive, plane.limits))
+            registry = registry_of(self.owner.state)
         except ServiceError as exc:
-            status, detail, headers = rest.error_response(exc)
-            await respond(send, status, orjson.dumps(detail), headers)
-            return
-        await respond(send, 200, answer)
+            status, body, headers, content_type = (oip_error if protocol == "oip" else rest_error)(exc)
+        else:
+            if protocol == "oip":
+                assert name is not None
+                status, body, headers, content_type = await serve_oip(registry, name, version, scope, receive)
+            else:
+                status, body, headers, content_type = await serve_rest(registry, name, version, scope, receive)
+        await respond(send, status, body, headers, content_type)

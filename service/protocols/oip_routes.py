@@ -11,14 +11,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import Receive, Scope
 
 from ..model.contract import ModelSpec
-from ..pipeline.errors import InvalidInput, ServiceError, error
+from ..pipeline.errors import ServiceError
 from ..pipeline.registry import Registry
-from ..server.http import BINARY, JSON, body_reader
 from ..server.shutdown import DRAINING, is_ready
 from . import oip
+from .handlers import serve_oip
 from .rest_routes import get_registry
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
@@ -151,34 +150,6 @@ async def infer_version(request: Request, name: str, version: str, registry: Reg
     return await _infer(request, registry, name, version)
 
 
-def header_length(scope: Scope) -> int | None:
-    """The binary extension's ``Inference-Header-Content-Length``, if the request gives one."""
-    declared = next((v for k, v in scope["headers"] if k == oip.HEADER_LENGTH.encode()), None)
-    if declared is None:
-        return None
-    if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
-        msg = f"{declared[:32].decode('latin-1')!r} is not a byte count"
-        raise InvalidInput([error(("headers", oip.HEADER_LENGTH), msg, "header_length")])
-    return int(declared)
-
-
-async def serve_infer(
-    registry: Registry, name: str, version: str | None, scope: Scope, receive: Receive
-) -> tuple[int, bytes, dict[str, str], bytes]:
-    """One inference request: status, body, headers and content type, errors in the protocol's shape.
-    The route below and the edge's fast path (``service.protocols.fastpath``) both answer with it."""
-    try:
-        plane = registry.get(name, version)
-        codec = oip.OipCodec(header_length(scope))
-        answer, answer_header = await plane.serve(codec, body_reader(scope, receive, plane.limits))
-    except ServiceError as exc:
-        status, body, headers = oip.error_response(exc)
-        return status, body, headers, JSON
-    if answer_header is None:
-        return 200, answer, {}, JSON
-    return 200, answer, {oip.HEADER_LENGTH: str(answer_header)}, BINARY
-
-
 async def _infer(request: Request, registry: Registry, name: str, version: str | None) -> Response:
-    status, body, headers, content_type = await serve_infer(registry, name, version, request.scope, request.receive)
+    status, body, headers, content_type = await serve_oip(registry, name, version, request.scope, request.receive)
     return Response(body, status_code=status, headers=headers, media_type=content_type.decode())

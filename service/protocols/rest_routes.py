@@ -11,12 +11,12 @@ from fastapi.responses import JSONResponse
 from .. import metrics
 from ..model.engine import Engine
 from ..pipeline.dataplane import DataPlane
-from ..pipeline.errors import UnknownModel
+from ..pipeline.errors import NotReady, UnknownModel
 from ..pipeline.registry import Registry
-from ..server.http import body_reader
+from ..pipeline.registry import of as registry_of
 from ..server.shutdown import is_ready
 from ..settings import Settings
-from . import rest
+from .handlers import serve_rest
 from .schemas import (
     ErrorResponse,
     Health,
@@ -31,17 +31,19 @@ from .schemas import (
 from .websocket import POLICY, TRY_LATER, refuse, serve_stream
 
 
-async def get_engine(request: Request) -> Engine:
-    engine: Engine | None = getattr(request.app.state, "engine", None)
-    if engine is None:
-        raise HTTPException(status_code=503, detail="model not loaded yet")
-    return engine
+async def get_registry(request: Request) -> Registry:
+    return registry_of(request.app.state)  # NotReady (503) while the models load
 
 
-async def get_plane(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> DataPlane:
-    # `engine` is here for get_engine's 503 while the model loads
-    plane: DataPlane = request.app.state.plane
-    return plane
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+async def get_plane(registry: RegistryDep) -> DataPlane:
+    return registry.default_plane
+
+
+async def get_engine(plane: Annotated[DataPlane, Depends(get_plane)]) -> Engine:
+    return plane.engine
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -52,15 +54,6 @@ async def get_app_settings(request: Request) -> Settings:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 PlaneDep = Annotated[DataPlane, Depends(get_plane)]
-
-
-async def get_registry(request: Request, engine: EngineDep) -> Registry:
-    # `engine` is here for get_engine's 503 while the models load
-    registry: Registry = request.app.state.registry
-    return registry
-
-
-RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 router = APIRouter()
 
@@ -87,13 +80,13 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such mode
 V1_PREDICT_DOCS = {**PREDICT_DOCS, "responses": {**PREDICT_DOCS["responses"], **NOT_FOUND}}
 
 
-async def serve_predict(request: Request, plane: DataPlane) -> Response:
-    answer = await plane.serve(rest.CODEC, body_reader(request.scope, request.receive, plane.limits))
-    return Response(answer, media_type="application/json")  # errors: the app's handler, rest.error_response
+async def serve_predict(request: Request, registry: Registry, name: str | None, version: str | None) -> Response:
+    status, body, headers, content_type = await serve_rest(registry, name, version, request.scope, request.receive)
+    return Response(body, status_code=status, headers=headers, media_type=content_type.decode())
 
 
 @router.post("/predict", summary="Run a batch of sequences on the default model", **PREDICT_DOCS)
-async def predict(request: Request, plane: PlaneDep) -> Response:
+async def predict(request: Request, registry: RegistryDep) -> Response:
     """Sequences go in with optional initial states; per-step outputs and final states come back.
 
     To stream a long sequence, send it in chunks and pass each answer's `hn` and `cn`
@@ -105,13 +98,13 @@ async def predict(request: Request, plane: PlaneDep) -> Response:
     """
     # With LSTM_FAST_PATH on (the default) the edge's FastPath answers this route (and the other
     # inference routes) before FastAPI sees it, with the same pipeline; this serves it when it is off.
-    return await serve_predict(request, plane)
+    return await serve_predict(request, registry, None, None)
 
 
 @router.post("/v1/models/{name}/predict", summary="Run a batch on a model of the repository", **V1_PREDICT_DOCS)
 async def predict_model(request: Request, name: str, registry: RegistryDep) -> Response:
     """As `/predict`, on the named model (its latest version; the pinned one for the default model)."""
-    return await serve_predict(request, registry.get(name))
+    return await serve_predict(request, registry, name, None)
 
 
 @router.post(
@@ -119,7 +112,7 @@ async def predict_model(request: Request, name: str, registry: RegistryDep) -> R
 )
 async def predict_version(request: Request, name: str, version: str, registry: RegistryDep) -> Response:
     """As `/predict`, on the named model and version."""
-    return await serve_predict(request, registry.get(name, version))
+    return await serve_predict(request, registry, name, version)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Every model and version the service serves")
@@ -203,12 +196,11 @@ async def prometheus(settings: SettingsDep) -> Response:
 @router.websocket("/v1/models/{name}/stream")
 async def stream(ws: WebSocket, name: str) -> None:
     """Stream chunks over one connection that keeps the LSTM states (see service/protocols/websocket.py)."""
-    registry: Registry | None = getattr(ws.app.state, "registry", None)
-    if registry is None:
-        await refuse(ws, TRY_LATER, "model not loaded yet")
-        return
     try:
-        plane = registry.get(name)
+        plane = registry_of(ws.app.state).get(name)
+    except NotReady as e:
+        await refuse(ws, TRY_LATER, str(e))
+        return
     except UnknownModel as e:
         await refuse(ws, POLICY, str(e))
         return

@@ -1,0 +1,143 @@
+"""The embedded store: one SQLite file that every worker of a server opens, so any worker serves any chunk.
+
+Nothing to install (SQLite comes with Python). By default the file lives in a folder ``python -m
+service`` makes for the server's life; with ``LSTM_STATE_URL=sqlite:///path/to/file.db`` it is kept
+there and a restarted server goes on where it stopped. Write-ahead logging lets workers read while one
+writes; each operation is one short transaction (``BEGIN IMMEDIATE``: the check and the claim cannot
+interleave with another worker's), run on the event loop: a few tens of microseconds, less than a hand-off
+to a thread would cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from .store import Claim, SequenceError, StoreUnavailable, Terms, busy, expired, full, unknown
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sequences (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,             -- new (its first chunk runs), live, expired (tombstone)
+    states BLOB,                      -- h then c, float32; NULL unless live
+    used REAL NOT NULL,               -- when its last chunk was stored (or it was claimed, when new)
+    claimed_until REAL NOT NULL,      -- 0: free
+    token TEXT
+);
+CREATE INDEX IF NOT EXISTS sequences_used ON sequences (status, used);
+"""
+SWEEP_EVERY_S = 10.0  # tombstones and long-idle rows are deleted at most this often
+
+
+class EmbeddedStore:
+    def __init__(self, path: Path, terms: Terms) -> None:
+        self.terms = terms
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreUnavailable(f"the sequence store {path} cannot be opened: {e}") from None
+        self._tokens = itertools.count()
+        self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
+        self._swept = 0.0
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db, self.path)
+
+    async def claim(self, key: str, start: bool) -> Claim:
+        now = time.time()
+        token = f"{self._prefix}{next(self._tokens)}"
+        t = self.terms
+        with self._transaction() as db:
+            if now - self._swept > SWEEP_EVERY_S:
+                self._swept = now
+                db.execute("DELETE FROM sequences WHERE used < ? AND claimed_until < ?", (now - 2 * t.idle_s, now))
+            row = db.execute(
+                "SELECT status, states, used, claimed_until FROM sequences WHERE key = ?", (key,)
+            ).fetchone()
+            if row is not None and row[3] > now:
+                raise busy(key)
+            live = row is not None and row[0] == "live" and now - row[2] <= t.idle_s
+            if not start:
+                if row is None or row[0] == "new":
+                    raise unknown(key)
+                if not live:
+                    db.execute("UPDATE sequences SET status = 'expired', states = NULL WHERE key = ?", (key,))
+                    raise expired(key, t.idle_s)
+            elif not live:
+                count = db.execute(
+                    "SELECT COUNT(*) FROM sequences WHERE status != 'expired' AND used >= ?", (now - t.idle_s,)
+                ).fetchone()[0]
+                if count >= t.max_sequences:
+                    raise full(key, t.max_sequences)
+            states = None if start else bytes(row[1])
+            if row is None or not live:
+                db.execute(
+                    "INSERT INTO sequences (key, status, states, used, claimed_until, token) "
+                    "VALUES (?, 'new', NULL, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET status = 'new', states = NULL, "
+                    "used = excluded.used, claimed_until = excluded.claimed_until, token = excluded.token",
+                    (key, now, now + t.lease_s, token),
+                )
+            else:
+                db.execute(
+                    "UPDATE sequences SET claimed_until = ?, token = ? WHERE key = ?", (now + t.lease_s, token, key)
+                )
+        return Claim(key, token, states)
+
+    async def keep(self, claim: Claim, states: bytes) -> None:
+        with self._transaction() as db:
+            done = db.execute(
+                "UPDATE sequences SET status = 'live', states = ?, used = ?, claimed_until = 0, token = NULL "
+                "WHERE key = ? AND token = ?",
+                (states, time.time(), claim.key, claim.token),
+            ).rowcount
+        if not done:
+            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
+
+    async def drop(self, claim: Claim) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM sequences WHERE key = ? AND token = ?", (claim.key, claim.token))
+
+    async def release(self, claim: Claim) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM sequences WHERE key = ? AND token = ? AND status = 'new'", (claim.key, claim.token))
+            db.execute(
+                "UPDATE sequences SET claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
+                (claim.key, claim.token),
+            )
+
+    async def close(self) -> None:
+        self.db.close()
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (the store's own errors commit what was written before them, as a
+    tombstone must be; anything else rolls back); SQLite's failures become ``StoreUnavailable``."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db, self.path = db, path
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"the sequence store {self.path} is not usable: {e}") from None
+        return self.db
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if kind is None or (exc is not None and isinstance(exc, SequenceError)):
+                self.db.execute("COMMIT")
+            else:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"the sequence store {self.path} is not usable: {e}") from None
+        if isinstance(exc, sqlite3.Error):
+            raise StoreUnavailable(f"the sequence store {self.path} is not usable: {exc}") from None

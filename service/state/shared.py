@@ -1,0 +1,143 @@
+"""The shared store: Valkey or Redis (``LSTM_STATE_URL=redis://host:6379/0``), for every worker of every
+replica pointed at it, so any replica serves any chunk and a restarted server loses nothing.
+
+A sequence is a hash (status, states as float32 bytes, last use, claim and its token) that expires
+after twice the idle time, and a sorted set of live sequences by last use counts them. Each operation
+is one Lua script: atomic on the server, one round trip, and one clock (the server's) for every replica.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .store import Claim, StoreUnavailable, Terms, busy, expired, full, unknown
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+CLAIM = (
+    _NOW
+    + """
+local idle, max, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local h = redis.call('HMGET', KEYS[1], 'status', 'used', 'claimed_until')
+local status, used, claimed = h[1], tonumber(h[2]), tonumber(h[3])
+if status and claimed and claimed > now then return {'busy'} end
+local live = status == 'live' and now - used <= idle
+if ARGV[2] == '0' then
+  if (not status) or status == 'new' then return {'unknown'} end
+  if not live then
+    redis.call('HSET', KEYS[1], 'status', 'expired')
+    redis.call('HDEL', KEYS[1], 'states')
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    return {'expired'}
+  end
+elseif not live then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - idle - 1)
+  if redis.call('ZCARD', KEYS[2]) >= max then return {'full'} end
+end
+local states = false
+if ARGV[2] == '0' then states = redis.call('HGET', KEYS[1], 'states') end
+if live then
+  redis.call('HSET', KEYS[1], 'claimed_until', now + lease, 'token', ARGV[3])
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'status', 'new', 'used', now, 'claimed_until', now + lease, 'token', ARGV[3])
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], 2 * idle)
+if states then return {'ok', states} end
+return {'ok'}
+"""
+)
+KEEP = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'live', 'states', ARGV[3], 'used', now, 'claimed_until', 0)
+redis.call('HDEL', KEYS[1], 'token')
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[4]))
+return 1
+"""
+)
+DROP = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'new' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'claimed_until', 0)
+  redis.call('HDEL', KEYS[1], 'token')
+end
+return 1
+"""
+PREFIX = "lstm:"
+
+
+class SharedStore:
+    def __init__(self, url: str, terms: Terms, timeout_s: float = 2.0) -> None:
+        self.terms = terms
+        self.url = url
+        self.client = aioredis.Redis.from_url(
+            url.replace("valkey://", "redis://", 1),
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=False,
+        )
+        self._claim, self._keep, self._drop, self._release = (
+            self.client.register_script(s) for s in (CLAIM, KEEP, DROP, RELEASE)
+        )
+        self._tokens = itertools.count()
+        self._token_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
+        self.prefix = PREFIX  # of every key this store writes
+
+    def _keys(self, key: str) -> list[str]:
+        return [f"{self.prefix}seq:{key}", f"{self.prefix}live"]
+
+    async def _run(self, script: object, keys: list[str], args: list[object]) -> object:
+        try:
+            return await script(keys=keys, args=args)  # type: ignore[operator]
+        except RedisError as e:
+            raise StoreUnavailable(f"the sequence store at {self._where()} is not reachable: {e}") from None
+
+    def _where(self) -> str:
+        return self.url.split("@")[-1]  # never the password
+
+    async def claim(self, key: str, start: bool) -> Claim:
+        t = self.terms
+        token = f"{self._token_prefix}{next(self._tokens)}"
+        args = [key, int(start), token, int(t.idle_s * 1000), t.max_sequences, int(t.lease_s * 1000)]
+        answer = await self._run(self._claim, self._keys(key), args)
+        assert isinstance(answer, list)
+        outcome = answer[0].decode()
+        if outcome == "busy":
+            raise busy(key)
+        if outcome == "unknown":
+            raise unknown(key)
+        if outcome == "expired":
+            raise expired(key, t.idle_s)
+        if outcome == "full":
+            raise full(key, t.max_sequences)
+        return Claim(key, token, bytes(answer[1]) if len(answer) > 1 else None)
+
+    async def keep(self, claim: Claim, states: bytes) -> None:
+        args = [claim.key, claim.token, states, int(self.terms.idle_s * 1000)]
+        if not await self._run(self._keep, self._keys(claim.key), args):
+            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
+
+    async def drop(self, claim: Claim) -> None:
+        await self._run(self._drop, self._keys(claim.key), [claim.key, claim.token])
+
+    async def release(self, claim: Claim) -> None:
+        await self._run(self._release, self._keys(claim.key), [claim.key, claim.token])
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,100 @@
+"""Server-held sequences: the one small interface the pipeline talks to, whichever store is behind it.
+
+A sequence is a key (the model's name and the client's sequence id) holding the LSTM states after the
+last chunk it ran, as opaque bytes (``h`` then ``c``, float32, read back bit for bit). One chunk at a
+time: ``claim`` takes the sequence for one chunk and returns its states (None for a sequence that
+starts), then exactly one of ``keep`` (store the new states), ``drop`` (the sequence ended) or
+``release`` (the chunk failed: nothing changes). A claim lapses after ``lease_s``, so that a worker
+that died mid-chunk does not hold its sequence for ever.
+
+Semantics every store keeps (``tests/test_state.py`` runs each store through them):
+
+- a sequence that was never started, or was dropped, is unknown without a start (``UnknownSequence``);
+- a start (re)starts it, from no states;
+- a second chunk while one runs is refused (``BusySequence``), never run at the same time;
+- a sequence idle for ``idle_s`` expires: the next chunk is told so (``ExpiredSequence``) for another
+  ``idle_s``, after which it is simply unknown;
+- at most ``max_sequences`` live sequences; a start beyond is refused (``StoreFull``);
+- a store that cannot be reached says so (``StoreUnavailable``), and nothing is answered from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class SequenceError(Exception):
+    """Something about one sequence; ``key`` names it."""
+
+    def __init__(self, key: str, msg: str) -> None:
+        super().__init__(msg)
+        self.key = key
+
+
+class UnknownSequence(SequenceError):
+    pass
+
+
+class ExpiredSequence(SequenceError):
+    pass
+
+
+class BusySequence(SequenceError):
+    pass
+
+
+class StoreFull(SequenceError):
+    pass
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One chunk's hold on a sequence."""
+
+    key: str
+    token: str  # whose claim it is: a lapsed claim cannot store over a newer one
+    states: bytes | None  # None: the sequence starts
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What every store enforces."""
+
+    idle_s: float  # a sequence idle this long expires
+    max_sequences: int  # live sequences at once
+    lease_s: float  # a claim not kept, dropped or released by then lapses
+
+
+class SequenceStore(Protocol):
+    terms: Terms
+
+    async def claim(self, key: str, start: bool) -> Claim: ...
+
+    async def keep(self, claim: Claim, states: bytes) -> None: ...
+
+    async def drop(self, claim: Claim) -> None: ...
+
+    async def release(self, claim: Claim) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def busy(key: str) -> BusySequence:
+    return BusySequence(key, f"Sequence {key!r} is running another chunk; send the next one when it is answered")
+
+
+def unknown(key: str) -> UnknownSequence:
+    return UnknownSequence(key, f"Sequence {key!r} is not known here: start it (sequence_start) first")
+
+
+def expired(key: str, idle_s: float) -> ExpiredSequence:
+    return ExpiredSequence(key, f"Sequence {key!r} expired after {idle_s:g} s without a chunk: start it again")
+
+
+def full(key: str, limit: int) -> StoreFull:
+    return StoreFull(key, f"{limit} sequences are live, the most this server holds: end one, or retry later")

@@ -1,0 +1,247 @@
+"""Server-held sequences' stores (service/state): each store keeps the same semantics, and the real Valkey or
+Redis server (started here) is one of them."""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.state.embedded import EmbeddedStore
+from service.state.shared import SharedStore
+from service.state.store import (
+    BusySequence,
+    ExpiredSequence,
+    SequenceStore,
+    StoreFull,
+    StoreUnavailable,
+    Terms,
+    UnknownSequence,
+)
+
+SERVER = shutil.which("valkey-server") or shutil.which("redis-server")
+NEEDS_SERVER = pytest.mark.skipif(
+    SERVER is None, reason="no valkey-server or redis-server on PATH (make test installs Debian's redis-server)"
+)
+TERMS = Terms(idle_s=0.4, max_sequences=3, lease_s=1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def valkey(folder: Path, port: int | None = None) -> Iterator[str]:
+    """A Valkey or Redis server on 127.0.0.1, in memory only; its URL."""
+    assert SERVER is not None
+    port = port or free_port()
+    cmd = [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "the store did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if SERVER is None:
+        pytest.skip("no valkey-server or redis-server on PATH (make test installs Debian's redis-server)")
+    with valkey(tmp_path_factory.mktemp("valkey")) as url:
+        yield url
+
+
+Opener = Callable[[Terms], SequenceStore]
+
+
+@pytest.fixture(params=["embedded", pytest.param("shared", marks=NEEDS_SERVER)])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if request.param == "embedded":
+        return lambda terms: EmbeddedStore(tmp_path / "sequences.db", terms)
+    url = request.getfixturevalue("valkey_url")
+    prefix = f"test{os.urandom(4).hex()}:"  # each test its own keys on the one server
+
+    def shared(terms: Terms) -> SequenceStore:
+        store = SharedStore(url, terms)
+        store.prefix = prefix
+        return store
+
+    return shared
+
+
+@contextlib.asynccontextmanager
+async def opened(opener: Opener, terms: Terms = TERMS) -> AsyncIterator[SequenceStore]:
+    store = opener(terms)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def states(seed: int) -> bytes:
+    """h and c as a model would hand them over, including values that text would round."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(2 * 2 * 64).astype(np.float32)
+    a[:4] = [np.float32(1 / 3), np.finfo(np.float32).tiny, -0.0, np.nextafter(np.float32(1), np.float32(2))]
+    return a.tobytes()
+
+
+def test_a_sequence_starts_goes_on_and_ends(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener) as store:
+            claim = await store.claim("m:a", start=True)
+            assert claim.states is None
+            await store.keep(claim, states(1))
+            for seed in (2, 3):
+                claim = await store.claim("m:a", start=False)
+                assert claim.states == states(seed - 1)  # bit for bit
+                await store.keep(claim, states(seed))
+            claim = await store.claim("m:a", start=False)
+            await store.drop(claim)
+            with pytest.raises(UnknownSequence, match="'m:a' is not known"):
+                await store.claim("m:a", start=False)
+
+    asyncio.run(run())
+
+
+def test_unknown_without_a_start_and_a_start_restarts(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener) as store:
+            with pytest.raises(UnknownSequence):
+                await store.claim("m:new", start=False)
+            claim = await store.claim("m:b", start=True)
+            await store.keep(claim, states(1))
+            claim = await store.claim("m:b", start=True)
+            assert claim.states is None  # a start begins from no states
+            await store.keep(claim, states(2))
+            assert (await store.claim("m:b", start=False)).states == states(2)
+
+    asyncio.run(run())
+
+
+def test_one_chunk_at_a_time_and_a_failed_chunk_changes_nothing(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener) as store:
+            first = await store.claim("m:c", start=True)
+            with pytest.raises(BusySequence, match="running another chunk"):
+                await store.claim("m:c", start=True)
+            await store.release(first)  # the first chunk failed: the sequence was never started
+            with pytest.raises(UnknownSequence):
+                await store.claim("m:c", start=False)
+            claim = await store.claim("m:c", start=True)
+            await store.keep(claim, states(1))
+            claim = await store.claim("m:c", start=False)
+            with pytest.raises(BusySequence):
+                await store.claim("m:c", start=False)
+            await store.release(claim)
+            assert (await store.claim("m:c", start=False)).states == states(1)
+
+    asyncio.run(run())
+
+
+def test_a_lapsed_claim_cannot_store_over_a_newer_one(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener, Terms(idle_s=5, max_sequences=3, lease_s=0.2)) as store:
+            claim = await store.claim("m:d", start=True)
+            await store.keep(claim, states(1))
+            stale = await store.claim("m:d", start=False)
+            await asyncio.sleep(0.3)
+            fresh = await store.claim("m:d", start=False)  # the stale claim lapsed
+            with pytest.raises(BusySequence):
+                await store.keep(stale, states(9))
+            await store.keep(fresh, states(2))
+            assert (await store.claim("m:d", start=False)).states == states(2)
+
+    asyncio.run(run())
+
+
+def test_an_idle_sequence_expires_and_says_so_then_is_forgotten(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener) as store:
+            claim = await store.claim("m:e", start=True)
+            await store.keep(claim, states(1))
+            await asyncio.sleep(TERMS.idle_s + 0.1)
+            with pytest.raises(ExpiredSequence, match=r"expired after 0.4 s"):
+                await store.claim("m:e", start=False)
+            with pytest.raises(ExpiredSequence):  # still said, not "unknown"
+                await store.claim("m:e", start=False)
+            claim = await store.claim("m:e", start=True)  # and it can start again
+            await store.keep(claim, states(2))
+            assert (await store.claim("m:e", start=False)).states == states(2)
+
+    asyncio.run(run())
+
+
+def test_at_most_so_many_live_sequences(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener) as store:
+            for k in range(TERMS.max_sequences):
+                await store.keep(await store.claim(f"m:{k}", start=True), states(k))
+            with pytest.raises(StoreFull, match="3 sequences are live"):
+                await store.claim("m:more", start=True)
+            await store.drop(await store.claim("m:0", start=False))  # one ends: room for another
+            await store.keep(await store.claim("m:more", start=True), states(7))
+            await asyncio.sleep(TERMS.idle_s + 0.1)  # idle ones expire and make room
+            await store.keep(await store.claim("m:later", start=True), states(8))
+
+    asyncio.run(run())
+
+
+def test_every_worker_sees_one_store(opener: Opener) -> None:
+    """Two stores opened on one place (two workers, two replicas) take alternate chunks of one sequence."""
+
+    async def run() -> None:
+        async with opened(opener) as one, opened(opener) as two:
+            await one.keep(await one.claim("m:f", start=True), states(1))
+            for k in range(2, 8):
+                store = (one, two)[k % 2]
+                claim = await store.claim("m:f", start=False)
+                assert claim.states == states(k - 1)
+                await store.keep(claim, states(k))
+
+    asyncio.run(run())
+
+
+@NEEDS_SERVER
+def test_the_shared_store_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    port = free_port()
+
+    async def attempt(store: SequenceStore) -> None:
+        await store.keep(await store.claim("m:g", start=True), states(1))
+
+    async def run() -> None:
+        store = SharedStore(f"redis://127.0.0.1:{port}/0", TERMS, timeout_s=0.5)
+        try:
+            with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}"):
+                await attempt(store)
+            with valkey(tmp_path, port):
+                await attempt(store)
+                assert (await store.claim("m:g", start=False)).states == states(1)
+            with pytest.raises(StoreUnavailable):
+                await store.claim("m:g", start=False)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_an_unusable_embedded_store_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StoreUnavailable, match="cannot be opened"):
+        EmbeddedStore(tmp_path / "file" / "sequences.db", TERMS)
