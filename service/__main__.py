@@ -57,7 +57,7 @@ def main() -> int:
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    from .server.http import GuardedHttpToolsProtocol
+    from .server.protocol import GuardedHttpToolsProtocol
 
     uvicorn.run(
         "service.app:app",

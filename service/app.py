@@ -57,10 +57,12 @@ def shape_request_schema(schema: dict[str, Any], spec: ModelSpec, s: Settings) -
 class ServiceApp(FastAPI):
     """FastAPI with an edge of pure ASGI middleware in front of its own stack.
 
-    A middleware added with ``add_middleware`` still runs inside FastAPI's stack (proxy headers,
-    body limit, telemetry, server errors): each costs more than the model on a small chunk. The
-    edge runs first: request context, CORS, the key check and the /predict fast path answer
-    without entering it; every other request goes on to ``route``, FastAPI's own handling.
+    A middleware added with ``add_middleware`` runs inside FastAPI's stack (its server-error and
+    exception middleware, then routing and dependencies), each costing more than the model on a small
+    chunk. The edge runs first: the request context, CORS, the key check, and the fast path, which
+    answers every HTTP protocol's inference routes without entering FastAPI; every other request goes
+    on to ``route``, FastAPI's own handling. An unexpected exception on the fast path reaches uvicorn,
+    which answers a plain-text 500 (the request log says 500 too).
     """
 
     edge: ASGIApp

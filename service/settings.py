@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     inline_max_steps: int = _doc(
         256,
         "A request of at most this many real steps, when it is all a worker has to do, runs on the event "
-        "loop instead of the batcher's thread (two thread hand-offs cost more than the model); 0: never.",
+        "loop instead of the batcher's thread (two thread hand-offs cost more than the model); lowered at start "
+        "to what the model runs in 2 ms, so a large model never holds the loop for long; 0: never.",
         ge=0,
     )
     chunk_steps: int = _doc(

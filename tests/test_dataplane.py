@@ -12,20 +12,24 @@ import pytest
 from service.model.batch import Batch, SequenceResult
 from service.model.engine import Engine
 from service.pipeline.batcher import Batcher
-from service.pipeline.dataplane import Admission, DataPlane
+from service.pipeline.dataplane import Admission, DataPlane, inline_limit
 from service.pipeline.rules import Limits
 from service.protocols import rest
 from service.settings import Settings
 
 
 class Threads:
-    """The engine, recording which thread ran each call and how many sequences it held."""
+    """The engine, recording which thread ran each call and how many sequences it held; a call of
+    ``held_steps`` steps waits for ``gate``."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine, self.calls = engine, []
         self.spec = engine.spec
+        self.gate, self.held_steps = threading.Event(), -1
 
     def predict(self, batch: Batch) -> list[SequenceResult]:
+        if batch.steps == self.held_steps:
+            self.gate.wait(10)
         self.calls.append((threading.current_thread().name, batch.size))
         return self.engine.predict(batch)
 
@@ -85,3 +89,41 @@ def test_a_lone_request_over_the_inline_limit_goes_to_the_batcher(
     plane.inline_max_steps = inline_max_steps
     asyncio.run(serve(plane, [body(steps, 0)]))
     assert plane.engine.calls == [("lstm-batcher", 1)]  # type: ignore[attr-defined]
+
+
+def test_a_lone_request_waits_its_turn_while_the_batcher_works(plane: DataPlane) -> None:
+    """Admitted alone, but the model is busy with other work (a stream's chunk from another model's
+    request, say): it queues for the batcher rather than run beside it on the event loop."""
+    engine: Threads = plane.engine  # type: ignore[assignment]
+    engine.held_steps = 7
+
+    async def run() -> None:
+        plane.batcher = Batcher(plane.engine)  # type: ignore[arg-type]
+        plane.batcher.start()
+        try:
+            x = np.zeros((7, 4), dtype=np.float32)
+            busy = asyncio.ensure_future(plane.batcher.predict(Batch([x], *engine.spec.zero_states(1))))
+            while plane.batcher.depth == 0:
+                await asyncio.sleep(0.01)
+
+            async def read() -> bytes:
+                return body(5, 0)
+
+            lone = asyncio.ensure_future(plane.serve(rest.CODEC, read))
+            await asyncio.sleep(0.1)
+            assert not lone.done()  # queued behind the held call, not run on the loop
+            engine.gate.set()
+            await busy
+            await lone
+        finally:
+            plane.batcher.stop()
+
+    asyncio.run(run())
+    assert engine.calls == [("lstm-batcher", 1), ("lstm-batcher", 1)]
+
+
+def test_the_inline_limit_follows_what_the_model_costs(plane: DataPlane) -> None:
+    engine = plane.engine.engine  # type: ignore[attr-defined]
+    assert inline_limit(engine, 0) == 0
+    assert inline_limit(engine, 64, budget_s=10.0) == 64
+    assert 0 <= inline_limit(engine, 64, budget_s=1e-7) < 64  # a model too slow for the budget gets less

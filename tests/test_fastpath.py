@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import create_app
 from service.protocols.fastpath import route
+from service.protocols.rest_routes import get_registry
 from service.settings import Settings
 
 
@@ -115,3 +116,25 @@ def test_the_edge_answers_as_fastapi_does_without_entering_it(
     assert _answer(c, path, kw) == answers[case]
     assert Seen.paths == ([] if fast else [path])
     assert c.get("/v2/models/tiny").status_code == 200 and Seen.paths[-1] == "/v2/models/tiny"  # the rest: FastAPI
+
+
+def test_the_edge_knows_every_inference_route_fastapi_declares(settings: Settings) -> None:
+    """Every POST route of the app but the WebSocket's is one the edge answers, parsed to the same protocol."""
+    declared = [p for p, ops in create_app(settings).openapi()["paths"].items() if "post" in ops]
+    assert len(declared) == 5
+    for p in declared:
+        path = p.replace("{name}", "some-model").replace("{version}", "7")
+        protocol = "oip" if p.startswith("/v2") else "rest"
+        name = "some-model" if "{name}" in p else None
+        assert route(path) == (protocol, name, "7" if "{version}" in p else None), p
+
+
+def test_overridden_dependencies_send_the_inference_routes_through_fastapi(settings: Settings) -> None:
+    app = create_app(settings)
+    app.add_middleware(Seen)
+    with TestClient(app) as c:
+        registry = app.state.registry
+        app.dependency_overrides[get_registry] = lambda: registry
+        Seen.paths.clear()
+        assert c.post("/predict", json={"inputs": X}).status_code == 200
+        assert Seen.paths == ["/predict"]

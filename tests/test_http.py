@@ -13,8 +13,6 @@ import httpx
 import orjson
 import pytest
 
-from service.server.http import CorkedTransport
-
 from .conftest import running_server
 
 TIMEOUT_S = 1.0
@@ -179,49 +177,6 @@ def test_a_client_leaving_while_others_are_served_harms_nobody(server: tuple[str
             sock.sendall(upload_head("/predict", len(BODY)) + BODY[:5])
     worker.join(30)
     assert results and set(results) <= {200, 503}
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-
-class FakeCycle:
-    response_started = False
-
-
-def test_an_answer_goes_out_in_one_write() -> None:
-    raw, cycle = FakeTransport(), FakeCycle()
-    corked = CorkedTransport(raw, cycle)  # type: ignore[arg-type]
-    corked.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the answer starts: at once
-    assert raw.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
-    cycle.response_started = True
-    corked.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-    assert len(raw.writes) == 1  # the head waits for the body
-    corked.write(b"{}")
-    assert raw.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
-    corked.write(b"more")  # anything later goes straight out
-    assert raw.writes[2:] == [b"more"] and not corked.is_closing()
-
-
-@pytest.mark.parametrize("end", ["flush", "close"])
-def test_a_held_head_is_never_lost(end: str) -> None:
-    raw, cycle = FakeTransport(), FakeCycle()
-    corked = CorkedTransport(raw, cycle)  # type: ignore[arg-type]
-    cycle.response_started = True
-    corked.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")  # a HEAD answer: no body follows
-    getattr(corked, end)()
-    assert raw.writes == [b"HTTP/1.1 405 Method Not Allowed\r\n\r\n"] and raw.closed == (end == "close")
 
 
 def test_head_pipelined_and_expect_continue_requests_are_answered(server: tuple[str, Path]) -> None:

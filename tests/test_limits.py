@@ -73,7 +73,7 @@ def predicting(plane: DataPlane):
 def test_a_full_queue_refuses_at_once(engine: Engine) -> None:
     gated = Gated(engine)
     batcher = Batcher(gated)  # type: ignore[arg-type]
-    plane = DataPlane(gated, LIMITS, batcher, Admission(2), timeout_s=10)  # type: ignore[arg-type]
+    plane = DataPlane(gated, LIMITS, batcher, Admission(2), timeout_s=10, inline_max_steps=0)  # type: ignore[arg-type]
     predictor = predicting(plane)
 
     async def scenario() -> None:
@@ -93,7 +93,7 @@ def test_a_full_queue_refuses_at_once(engine: Engine) -> None:
 def test_deadline_drops_queued_work(engine: Engine) -> None:
     gated = Gated(engine)
     batcher = Batcher(gated, max_batch_size=1)  # type: ignore[arg-type]
-    plane = DataPlane(gated, LIMITS, batcher, Admission(8), timeout_s=0.2)  # type: ignore[arg-type]
+    plane = DataPlane(gated, LIMITS, batcher, Admission(8), timeout_s=0.2, inline_max_steps=0)  # type: ignore[arg-type]
     predictor = predicting(plane)
 
     async def scenario() -> None:

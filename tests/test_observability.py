@@ -173,3 +173,14 @@ def test_streams_are_counted_and_logged(settings: Settings, caplog: pytest.LogCa
     )
     lines = [r for r in caplog.records if r.getMessage() == "stream"]
     assert lines and lines[-1].messages == 3 and lines[-1].close_code == 1007  # type: ignore[attr-defined]
+
+
+def test_log_time_stamps_are_utc_to_the_millisecond() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("service.access", logging.INFO, "", 0, "request", None, None)
+    for created, stamp in [
+        (1_700_000_000.25, "2023-11-14T22:13:20.250Z"),
+        (1_700_000_001.999, "2023-11-14T22:13:21.999Z"),
+    ]:
+        record.created, record.msecs = created, (created % 1) * 1000
+        assert json.loads(formatter.format(record))["ts"] == stamp

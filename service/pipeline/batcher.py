@@ -37,6 +37,15 @@ class _Job:
         self.steps = self.batch.steps
 
 
+def timed_predict(engine: Engine, batch: Batch) -> list[SequenceResult]:
+    """``engine.predict``, counted in the model-call metrics (time and sequences), wherever it runs."""
+    start = time.perf_counter()
+    results = engine.predict(batch)
+    metrics.INFERENCE.observe(time.perf_counter() - start)
+    metrics.BATCH_SIZE.observe(batch.size)
+    return results
+
+
 def _resolve(future: asyncio.Future[list[SequenceResult]], result: list[SequenceResult] | BaseException) -> None:
     if future.cancelled():
         return
@@ -121,14 +130,11 @@ class Batcher:
                 continue
             jobs = self._collect(first)
             merged = merge([j.batch for j in jobs])
-            start = time.perf_counter()
             try:
-                results: list[SequenceResult] | BaseException = self.engine.predict(merged)
+                results: list[SequenceResult] | BaseException = timed_predict(self.engine, merged)
             except Exception as e:  # a failed call fails its own requests, never the worker
                 log.exception("batched inference failed")
                 results = e
-            metrics.INFERENCE.observe(time.perf_counter() - start)
-            metrics.BATCH_SIZE.observe(merged.size)
             row = 0
             for job in jobs:
                 part = results if isinstance(results, BaseException) else results[row : row + job.size]

@@ -10,11 +10,13 @@ and the explanation path. Knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
 from anyio.to_thread import run_sync as run_in_threadpool
 
 from .. import metrics
@@ -23,7 +25,7 @@ from ..model.contract import ModelSpec
 from ..model.engine import Engine
 from ..model.errors import ExplainUnavailable
 from . import memory
-from .batcher import Batcher
+from .batcher import Batcher, timed_predict
 from .errors import DeadlineExceeded, InvalidInput, Loc, Overloaded, ServiceError, error
 from .rules import Limits
 
@@ -75,6 +77,25 @@ class Admission:
         metrics.QUEUE_DEPTH.dec()
 
 
+INLINE_BUDGET_S = 0.002  # the longest a model call may hold the event loop
+
+
+def inline_limit(engine: Engine, most: int, budget_s: float = INLINE_BUDGET_S) -> int:
+    """The steps a lone request may have to run on the event loop: at most ``most``, and no more than this
+    model runs within ``budget_s`` here (measured now, best of three: a larger model or another device gets
+    a smaller limit, so the loop is never held for long)."""
+    if most <= 0:
+        return 0
+    x = np.zeros((most, engine.spec.input_size), dtype=np.float32)
+    batch = Batch([x], *engine.spec.zero_states(1))
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        engine.predict(batch)
+        best = min(best, time.perf_counter() - start)
+    return most if best <= budget_s else int(most * budget_s / best)
+
+
 @dataclass
 class DataPlane:
     """One model version's request path."""
@@ -84,7 +105,7 @@ class DataPlane:
     batcher: Batcher | None  # None: each request runs alone in a worker thread
     admission: Admission
     timeout_s: float  # deadline of one request, from its admission
-    inline_max_steps: int = 0  # a lone request of at most this many real steps runs on the event loop
+    inline_max_steps: int  # a lone request of at most this many real steps runs on the event loop (inline_limit)
 
     async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
         """Admit, then read, decode, infer and encode within the deadline."""
@@ -124,21 +145,14 @@ class DataPlane:
         await asyncio.sleep(0)
         return self._idle()
 
-    def _inline(self, batch: Batch) -> list[SequenceResult]:
-        """Run on the event loop: for a small lone request, two thread hand-offs cost more than the model."""
-        start = time.perf_counter()
-        results = self.engine.predict(batch)
-        metrics.INFERENCE.observe(time.perf_counter() - start)
-        metrics.BATCH_SIZE.observe(batch.size)
-        return results
-
     async def infer(self, call: Call[Any]) -> Outcome:
         if call.batch.steps <= self.inline_max_steps and await self._alone():
-            results = self._inline(call.batch)
+            # On the event loop: for a small lone request, two thread hand-offs cost more than the model.
+            results = timed_predict(self.engine, call.batch)
         elif self.batcher is not None:
             results = await self.batcher.predict(call.batch)  # cancelled at the deadline: dropped if still queued
         else:
-            results = await run_in_threadpool(self.engine.predict, call.batch)
+            results = await run_in_threadpool(timed_predict, self.engine, call.batch)
         if not call.explain:
             return Outcome(results)
         try:

@@ -15,7 +15,7 @@ from ..model import repository
 from ..model.engine import Engine
 from ..settings import Settings
 from .batcher import Batcher
-from .dataplane import Admission, DataPlane
+from .dataplane import Admission, DataPlane, inline_limit
 from .errors import NotReady, UnknownModel
 from .rules import Limits
 
@@ -44,7 +44,7 @@ class Registry:
                 if s.batching:
                     batcher = Batcher(engine, s.batch_max_size, s.batch_max_delay_ms / 1000, s.call_max_steps)
                 planes[(name, str(version))] = DataPlane(
-                    engine, limits, batcher, admission, s.request_timeout_s, s.inline_max_steps
+                    engine, limits, batcher, admission, s.request_timeout_s, inline_limit(engine, s.inline_max_steps)
                 )
                 metrics.MODEL_INFO.labels(name, str(version), engine.provider).set(1)
         return cls(planes, (default_folder.parent.name, default_folder.name), admission)

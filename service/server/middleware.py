@@ -1,4 +1,4 @@
-"""Pure ASGI middleware around every route, the /predict fast path included.
+"""Pure ASGI middleware of the edge (``service.app.ServiceApp``), in front of FastAPI and the fast path.
 
 ``RequestContext`` (outermost): a request id (the client's ``X-Request-ID`` when it is a sane
 token, else a new one), echoed on the answer; one structured log line per request with status

@@ -1,0 +1,164 @@
+"""The uvicorn protocol the service runs: httptools, with bounds on slow and oversized request headers, and
+each answer's head and body in one write.
+
+uvicorn bounds idle keep-alive connections and, with ``limit_concurrency``, open connections, but
+not how long a client may take to send its headers, nor (with httptools) how large they may be:
+``GuardedHttpToolsProtocol`` adds both (408 and 431, then the connection is closed). It builds on
+uvicorn's ``RequestResponseCycle`` (its ``transport``, ``on_response`` and ``response_started``), which
+is why ``pyproject.toml`` bounds uvicorn's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from .. import metrics
+from ..settings import get_settings
+from .middleware import CLIENT_LEFT
+
+CORK_MAX_BYTES = 64 * 1024  # a larger body goes out after the head, not copied onto it
+
+
+class CorkedTransport:
+    """The connection's transport as one request's answer sees it: uvicorn writes the status line and
+    headers, then the body, as two writes (two system calls, two packets, two wake-ups of the client);
+    this holds the first until the second, and sends both in one. Whatever is held goes out when the
+    answer completes or the connection closes (a HEAD answer has no body to wait for)."""
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self.transport = transport
+        self.cycle = cycle
+        self.held: bytes | None = None
+        self.started = False
+
+    def write(self, data: bytes) -> None:
+        if self.held is not None:
+            if len(data) <= CORK_MAX_BYTES:
+                data, self.held = self.held + data, None
+            else:
+                self.flush()
+        elif not self.started and self.cycle.response_started:  # the status line and headers
+            self.started = True
+            self.held = data
+            return
+        self.transport.write(data)
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        self.write(b"".join(parts))
+
+    def flush(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def completed(self, then: Callable[[], None]) -> Callable[[], None]:
+        """``then``, once what is held has gone out."""
+
+        def done() -> None:
+            self.flush()
+            then()
+
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a deadline and a size cap on each request's headers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        s = get_settings()
+        self.header_timeout_s = s.header_timeout_s
+        self.max_header_bytes = s.max_header_bytes
+        self.header_bytes = 0
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self.header_timer is None:
+            self.header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _refuse(self, status: int, reason: bytes, msg: str) -> None:
+        self._disarm()
+        metrics.REJECTED.labels("slow_headers" if status == 408 else "large_headers").inc()
+        body = msg.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        self.transport.close()
+
+    def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a pipelined request waits for the one in progress, not for its client
+            return
+        self._refuse(408, b"Request Timeout", f"Request headers not received within {self.header_timeout_s:g} s")
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.header_bytes = 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self.header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes:
+            if not self.transport.is_closing():
+                self._refuse(431, b"Request Header Fields Too Large", f"Headers over {self.max_header_bytes} bytes")
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        before = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            # Lets the request log tell a client that left before its answer (499) from one served.
+            cycle.scope["state"][CLIENT_LEFT] = lambda: cycle.disconnected
+            corked = CorkedTransport(self.transport, cycle)
+            cycle.transport = corked  # type: ignore[assignment]  # writes, closes, and passes on the rest
+            cycle.on_response = corked.completed(cycle.on_response)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            super().data_received(data)
+
+    def on_body(self, body: bytes) -> None:
+        if self.cycle is not None:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.cycle is not None:
+            super().on_message_complete()
+            # A large body pauses reading until the app asks for more; with the body all in, read on, so
+            # that a client who leaves while the model works is noticed (499) rather than answered.
+            self.flow.resume_reading()
