@@ -122,8 +122,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             edge,
             allow_origins=s.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Inference-Header-Content-Length"],
+            expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After"],
         )
     app.edge = RequestContext(edge, metrics_on=s.metrics)
 

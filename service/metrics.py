@@ -45,7 +45,7 @@ QUEUE_DEPTH = Gauge(
 REJECTED = Counter(
     "lstm_rejected_requests_total",
     "Requests refused before the model ran, by reason (queue_full, deadline, unauthorized, slow_headers, "
-    "large_headers).",
+    "large_headers, pipelined).",
     ["reason"],
 )
 STREAM_MESSAGES = Counter("lstm_stream_messages_total", "WebSocket stream messages answered.")

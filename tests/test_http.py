@@ -194,3 +194,39 @@ def test_head_pipelined_and_expect_continue_requests_are_answered(server: tuple[
         assert answer_head(sock).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(BODY)
         assert answer_head(sock).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_an_answer_before_the_body_is_read_closes_the_connection(server: tuple[str, Path]) -> None:
+    """What is left of a refused body must never be read as the next request: say so, and close."""
+    url, _ = server
+    with connect(url) as sock:
+        sock.sendall(upload_head("/predict", 99_999_999) + b"{")  # refused from Content-Length at once
+        data = answer(sock)  # returns when the server closes
+    assert data.startswith(b"HTTP/1.1 413") and b"connection: close" in data.lower()
+    with connect(url) as sock:  # an unknown model is answered before its body is read, too
+        sock.sendall(upload_head("/v1/models/nope/predict", 10_000) + b'{"inputs":')
+        data = answer(sock)
+    assert data.startswith(b"HTTP/1.1 404") and b"connection: close" in data.lower()
+
+
+def test_a_pipelined_refusal_waits_for_the_answers_before_it(server: tuple[str, Path]) -> None:
+    url, _ = server
+    big = b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    with connect(url) as sock:
+        sock.sendall(upload_head("/predict", len(BODY)) + BODY + big)
+        data = answer(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK") and b'"outputs"' in data
+    assert data.index(b"HTTP/1.1 431") > data.index(b'"outputs"')
+
+
+def test_a_pipelined_flood_is_cut_off(server: tuple[str, Path]) -> None:
+    url, _ = server
+    one = b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n"
+    with connect(url) as sock:  # a client pipelining a few requests gets every answer
+        sock.sendall(one * 20 + one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert answer(sock).count(b"HTTP/1.1 200") == 21
+    with connect(url) as sock:  # one sending thousands ahead of reading is closed, not queued for
+        with contextlib.suppress(OSError):
+            sock.sendall(one * 5_000)
+        assert answer(sock).count(b"HTTP/1.1 200") < 100
+    assert httpx.get(f"{url}/health/live").status_code == 200

@@ -41,6 +41,8 @@ class FakeTransport:
 
 class FakeCycle:
     response_started = False
+    more_body = False  # the request's body all read
+    keep_alive = True
 
 
 def test_an_answer_goes_out_in_one_write() -> None:
@@ -114,3 +116,14 @@ def test_the_server_protocol_sends_each_answer_in_as_few_writes(request_bytes: b
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\n\r\n" in writes[0]
     if request_bytes.startswith(b"GET /small"):
         assert writes[0].endswith(b"\r\n\r\n{}")
+
+
+def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
+    raw, cycle = FakeTransport(), FakeCycle()
+    cycle.more_body = True  # a 413 (or 401, 404) sent while the body still streams in
+    corked = CorkedTransport(raw, cycle)  # type: ignore[arg-type]
+    cycle.response_started = True
+    corked.write(b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-length: 2\r\n\r\n")
+    corked.write(b"{}")
+    assert raw.writes == [b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"]
+    assert cycle.keep_alive is False  # uvicorn closes the connection once the answer is out

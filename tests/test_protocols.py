@@ -436,3 +436,44 @@ def test_many_keys_go_to_the_exact_reader_and_are_refused(c: TestClient) -> None
 def test_a_header_length_that_is_no_byte_count_is_a_400(c: TestClient, value: str) -> None:
     r = c.post(INFER, json=v2_request(), headers={"Inference-Header-Content-Length": value.encode("latin-1")})
     assert r.status_code == 400 and "inference-header-content-length" in r.json()["error"], r.text
+
+
+def _raw(c: TestClient, protocol: str, body: bytes) -> tuple[int | None, str]:
+    """A raw body (or message) on one protocol: the status (the close code on the WebSocket) and the error."""
+    if protocol == "websocket":
+        with c.websocket_connect(STREAM) as conn:
+            conn.send_text(body.decode("utf-8", "surrogatepass"))
+            try:
+                conn.receive_json()
+            except WebSocketDisconnect as closed:
+                return closed.code, closed.reason
+        return None, ""
+    r = c.post("/predict" if protocol == "rest" else INFER, content=body)
+    text = (
+        r.json()["error"]
+        if protocol == "oip"
+        else "; ".join(f"{where(d['loc'])}: {d['msg']}" for d in r.json()["detail"])
+    )
+    return r.status_code, text
+
+
+REFUSED = {"rest": 422, "oip": 400, "websocket": 1007}
+ENVELOPE = {
+    "rest": b'{"inputs": [[[0, 1, 2, 3]]]',
+    "oip": b'{"inputs": [{"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": [0, 1, 2, 3]}]',
+    "websocket": b'{"stream": "a", "inputs": [[0, 1, 2, 3]]',
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_key_given_twice_that_utf8_cannot_carry_is_named_escaped(c: TestClient, protocol: str) -> None:
+    status, says = _raw(c, protocol, ENVELOPE[protocol] + b', "\\ud800": 1, "\\ud800": 2}')
+    assert status == REFUSED[protocol] and "\\ud800" in says
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("depth", [900, 1100, 5000])
+def test_json_nested_too_deep_is_refused_not_a_crash(c: TestClient, protocol: str, depth: int) -> None:
+    nested = b'{"a":' * depth + b"1" + b"}" * depth
+    status, _ = _raw(c, protocol, ENVELOPE[protocol] + b', "x": ' + nested + b"}")
+    assert status == REFUSED[protocol]

@@ -47,17 +47,20 @@ def decode(body: bytes, read: Callable[[Reader], T], loc: Loc = ("body",)) -> T:
         return result
     except InvalidInput:  # refused by a rule on whole arrays or counts: the wording is final
         raise
-    except (NotFast, KeyError, IndexError, TypeError, ValueError, RuntimeError):
+    except (NotFast, KeyError, IndexError, TypeError, ValueError, RuntimeError):  # RecursionError included
         pass
     # Whatever the fast reader stumbles on, the exact one decides, and words the error. It builds a
     # Python object per value: large bodies take turns, and their memory goes back at once.
-    if len(body) <= memory.LARGE_BODY_BYTES:  # exact decodes of larger bodies run one at a time
-        return read(Reader(body, exact=True, loc=loc))
-    with _LARGE_EXACT:
-        try:
+    try:
+        if len(body) <= memory.LARGE_BODY_BYTES:  # exact decodes of larger bodies run one at a time
             return read(Reader(body, exact=True, loc=loc))
-        finally:
-            gc.collect()
+        with _LARGE_EXACT:
+            try:
+                return read(Reader(body, exact=True, loc=loc))
+            finally:
+                gc.collect()
+    except RecursionError:
+        raise InvalidInput([error(loc, "JSON nested too deep to read", "json_invalid")]) from None
 
 
 MAX_KEYS = 64  # an object with more keys than any request needs goes to the exact reader (simdjson looks keys up
@@ -72,7 +75,7 @@ def keys(obj: Any, loc: Loc = ()) -> list[str]:
         raise NotFast
     if len(set(names)) != len(names):
         twice = next(k for i, k in enumerate(names) if k in names[:i])
-        raise InvalidInput([error((*loc, _clip(twice)), "Each key may appear once", "duplicate_key")])
+        raise InvalidInput([error((*loc, key_name(twice)), "Each key may appear once", "duplicate_key")])
     return names
 
 
@@ -86,8 +89,11 @@ def _unique_keys(value: Any) -> None:
             _unique_keys(item)
 
 
-def _clip(name: str) -> str:
-    return name if len(name) <= 64 else name[:61] + "..."
+def key_name(name: str) -> str:
+    """A key as an error names it: at most 64 characters, and anything UTF-8 cannot carry (a lone
+    surrogate, which Python's own JSON parser lets through) escaped."""
+    name = name if len(name) <= 64 else name[:61] + "..."
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def is_list(value: Any) -> bool:
@@ -296,7 +302,7 @@ def _exact_document(body: bytes, loc: Loc) -> Any:
             )
         except InvalidInput:
             raise
-        except ValueError:  # not JSON to the standard parser either: orjson words it, below
+        except (ValueError, RecursionError):  # not JSON to the standard parser, or nested too deep: orjson words it
             pass
     try:
         return orjson.loads(body)
@@ -313,7 +319,7 @@ def _once(pairs: list[tuple[str, Any]], loc: Loc) -> None:
     seen: set[str] = set()
     for k, _ in pairs:
         if k in seen:
-            raise InvalidInput([error((*loc, _clip(k)), "Each key may appear once", "duplicate_key")])
+            raise InvalidInput([error((*loc, key_name(k)), "Each key may appear once", "duplicate_key")])
         seen.add(k)
 
 

@@ -32,7 +32,9 @@ class RestCodec:
             raise InvalidInput([error(("body",), "Input should be a JSON object", "model_attributes_type")])
         keys = jsondata.keys(doc, ("body",))
         extra = [k for k in keys if k not in FIELDS][: rules.MAX_ERRORS]
-        errors = [error(("body", k[:64]), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
+        errors = [
+            error(("body", jsondata.key_name(k)), "Extra inputs are not permitted", "extra_forbidden") for k in extra
+        ]
         if "inputs" not in keys:
             errors.append(error(("body", "inputs"), "Field required", "missing"))
         explain = doc["explain"] if "explain" in keys else False

@@ -87,7 +87,7 @@ class CloseWith(Exception):
 
 def _clip(reason: str) -> str:
     """A close reason holds at most 123 bytes of UTF-8."""
-    return reason.encode()[:120].decode(errors="ignore")
+    return reason.encode("utf-8", "backslashreplace")[:120].decode(errors="ignore")
 
 
 def close_for(exc: ServiceError) -> CloseWith:
@@ -119,7 +119,7 @@ class StreamCodec:
             raise InvalidInput([error((), "A message should be a JSON object", "model_attributes_type")])
         keys = jsondata.keys(msg)
         extra = [k for k in keys if k not in FIELDS][: rules.MAX_ERRORS]
-        errors = [error((k[:64],), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
+        errors = [error((jsondata.key_name(k),), "Extra inputs are not permitted", "extra_forbidden") for k in extra]
         name = msg["stream"] if "stream" in keys else "0"
         if not isinstance(name, str) or not 0 < len(name) <= 64:
             errors.append(error(("stream",), "Input should be a string of 1 to 64 characters", "string_type"))

@@ -21,6 +21,7 @@ from ..settings import get_settings
 from .middleware import CLIENT_LEFT
 
 CORK_MAX_BYTES = 64 * 1024  # a larger body goes out after the head, not copied onto it
+MAX_PIPELINED = 32  # requests queued behind the one in progress on a connection; beyond, it is closed
 
 
 class CorkedTransport:
@@ -43,6 +44,11 @@ class CorkedTransport:
                 self.flush()
         elif not self.started and self.cycle.response_started:  # the status line and headers
             self.started = True
+            if self.cycle.more_body and self.cycle.keep_alive:
+                # Answered before the whole body came (413, 401, 404...): what is left of it would be read as
+                # the next request. Say so, and close once this answer is out.
+                self.cycle.keep_alive = False
+                data = data[:-2] + b"connection: close\r\n\r\n"
             self.held = data
             return
         self.transport.write(data)
@@ -73,7 +79,8 @@ class CorkedTransport:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a deadline and a size cap on each request's headers."""
+    """uvicorn's httptools protocol, with a deadline and a size cap on each request's headers (refused in
+    order, after the requests pipelined before), a cap on pipelined requests, and answers in one write."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,6 +89,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.max_header_bytes = s.max_header_bytes
         self.header_bytes = 0
         self.header_timer: asyncio.TimerHandle | None = None
+        self.refusal: tuple[int, bytes, str] | None = None  # to send once the requests before are answered
 
     def _arm(self) -> None:
         if self.header_timer is None:
@@ -129,14 +137,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.max_header_bytes:
-            if not self.transport.is_closing():
-                self._refuse(431, b"Request Header Fields Too Large", f"Headers over {self.max_header_bytes} bytes")
+            if self.refusal is None and not self.transport.is_closing():
+                self.refusal = (431, b"Request Header Fields Too Large", f"Headers over {self.max_header_bytes} bytes")
+                self._refuse_when_answered()
             return
         super().on_header(name, value)
 
+    def _busy(self) -> bool:
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _refuse_when_answered(self) -> None:
+        """Refuse the request being parsed once the ones before it are answered (a pipelined client reads
+        the answers in order: the refusal must not take an earlier request's place)."""
+        if self.refusal is None or self.transport.is_closing():
+            return
+        if self._busy():
+            self.flow.pause_reading()
+            return
+        self._refuse(*self.refusal)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._refuse_when_answered()
+
     def on_headers_complete(self) -> None:
         self._disarm()
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.refusal is not None:
+            return
+        if len(self.pipeline) >= MAX_PIPELINED:  # requests sent far ahead of their answers: a flood, not a client
+            metrics.REJECTED.labels("pipelined").inc()
+            self.transport.close()
             return
         before = self.cycle
         super().on_headers_complete()
@@ -149,15 +179,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.on_response = corked.completed(cycle.on_response)
 
     def data_received(self, data: bytes) -> None:
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and self.refusal is None:
             super().data_received(data)
 
     def on_body(self, body: bytes) -> None:
-        if self.cycle is not None:
+        if self.cycle is not None and self.refusal is None:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.cycle is not None:
+        if self.cycle is not None and self.refusal is None:
             super().on_message_complete()
             # A large body pauses reading until the app asks for more; with the body all in, read on, so
             # that a client who leaves while the model works is noticed (499) rather than answered.
