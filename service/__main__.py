@@ -10,6 +10,7 @@ import logging
 import logging.config
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -54,6 +55,11 @@ def main() -> int:
     if s.metrics and (s.workers or 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Every worker writes its metrics here; /metrics adds them up (set before they import prometheus).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-metrics-")
+    state_folder = None
+    if not s.state_url:
+        # Server-held sequences: one file every worker of this server opens, gone when it stops.
+        state_folder = tempfile.mkdtemp(prefix="lstm-state-")
+        os.environ["LSTM_STATE_URL"] = f"sqlite:///{state_folder}/sequences.db"
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -71,6 +77,8 @@ def main() -> int:
         limit_concurrency=s.max_connections,  # 503 beyond, per worker
         ws_max_size=s.max_body_bytes + 1024,  # a larger message is refused by the WebSocket layer (1009)
     )
+    if state_folder is not None:
+        shutil.rmtree(state_folder, ignore_errors=True)
     return 0
 
 

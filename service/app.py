@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             yield
         finally:
             app.state.ready = False
-            await run_in_threadpool(registry.stop)
+            await registry.close()
 
     app = ServiceApp(
         title="LSTM inference service",

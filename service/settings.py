@@ -76,6 +76,18 @@ class Settings(BaseSettings):
         "Answer the inference routes (`POST /predict`, `/v1/models/.../predict`, `/v2/models/.../infer`) straight "
         "from ASGI, in front of FastAPI; `false`: through FastAPI (so app middleware sees them).",
     )
+    state_url: str = _doc(
+        "",
+        "Where server-held sequences keep their states: `redis://host:6379/0` (or `valkey://`) for a Valkey or "
+        "Redis that every replica shares; `sqlite:///path/to/file.db` for a file this machine's servers share "
+        "and a restart keeps; empty: a file of this server's own, gone when it stops.",
+        "a file of this server's own",
+        repr=False,  # it may hold a password
+    )
+    sequence_idle_s: float = _doc(
+        3600.0, "A server-held sequence without a chunk for this long expires (and says so for as long again).", gt=0
+    )
+    max_sequences: int = _doc(100_000, "Server-held sequences live at once, per store (429 beyond).", ge=1)
     max_batch_size: int = _doc(256, "Sequences per request.", ge=1)
     max_steps: int = _doc(10_000, "Steps per sequence.", ge=1)
     max_total_values: int = _doc(
@@ -138,6 +150,13 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _a_store(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://", "sqlite:///")):
+            raise ValueError("should be empty, redis://..., valkey://... or sqlite:///path")
         return value
 
     @model_validator(mode="after")

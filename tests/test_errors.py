@@ -12,6 +12,8 @@ CASES: list[tuple[errors.ServiceError, int, int, int]] = [  # error, REST status
     (errors.BodyTimeout("slow"), 408, 408, 1008),
     (errors.Overloaded("full"), 503, 503, 1013),
     (errors.NotReady(), 503, 503, 1013),
+    (errors.StoreDown("down"), 503, 503, 1013),
+    (errors.SequenceBusy("busy"), 409, 409, 1013),
     (errors.DeadlineExceeded("late"), 504, 504, 1013),
     (errors.UnknownModel("nope"), 404, 404, 1008),
     (errors.TooManySequences("many"), 429, 429, 1008),

@@ -128,3 +128,29 @@ def test_errors_name_what_is_wrong(served: tuple) -> None:
         error = r.json()["error"]
         assert r.status_code == 400 and error.startswith("inputs.0.data"), data
     assert httpx.get(f"{url}/v2/models/tiny/versions/7").status_code == 404
+
+
+def test_tritonclient_streams_a_sequence_the_server_holds(
+    served: tuple[str, triton.InferenceServerClient], weather: np.ndarray
+) -> None:
+    """Triton's sequence extension: the same sequence_id on every chunk, no states sent; equal to one call."""
+    _, client = served
+    x = np.ascontiguousarray(windows(weather, [37], np.random.default_rng(5))[0][None].astype(np.float32))
+    whole = infer(client, True, x)
+    pieces, ends = [], [5, 17, 18, 30, 37]
+    for k, (a, b) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+        binary = k % 2 == 0  # JSON and binary chunks of one sequence
+        last = client.infer(
+            "tiny",
+            tensors(binary, np.ascontiguousarray(x[:, a:b])),
+            outputs=[triton.InferRequestedOutput(n, binary_data=binary) for n in ("y", "hn", "cn")],
+            sequence_id=4242,
+            sequence_start=k == 0,
+            sequence_end=b == 37,
+        )
+        pieces.append(last.as_numpy("y"))
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole["y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last.as_numpy("hn"), whole["hn"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InferenceServerException, match="4242"):  # ended: forgotten
+        client.infer("tiny", tensors(True, x[:, :3]), sequence_id=4242)
+    assert "sequence" in client.get_server_metadata()["extensions"]

@@ -277,11 +277,12 @@ def test_integers_must_fit_their_type_never_wrap(c: TestClient, tensor: dict[str
     assert says in error and ("inputs.1.data.0" in error or "lengths.0" in error), error
 
 
-def test_sequence_parameters_are_refused_not_ignored(c: TestClient) -> None:
+@pytest.mark.parametrize("flag", ["sequence_start", "sequence_end"])
+def test_sequence_flags_without_an_id_are_refused_not_ignored(c: TestClient, flag: str) -> None:
     doc = v2_request()
-    doc["parameters"] = {"sequence_id": 7, "sequence_start": True}
+    doc["parameters"] = {flag: True}
     r = c.post(INFER, json=doc)
-    assert r.status_code == 400 and "parameters.sequence_id" in r.json()["error"]
+    assert r.status_code == 400 and f"parameters.{flag}" in r.json()["error"]
 
 
 @pytest.mark.parametrize(

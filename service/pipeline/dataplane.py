@@ -28,6 +28,7 @@ from . import memory
 from .batcher import Batcher, timed_predict
 from .errors import DeadlineExceeded, InvalidInput, Loc, Overloaded, ServiceError, error
 from .rules import Limits
+from .sequences import Sequences, SequenceRef
 
 INLINE_DECODE_BYTES = 256 * 1024  # larger bodies are decoded off the event loop
 A = TypeVar("A", covariant=True)
@@ -42,6 +43,7 @@ class Call(Generic[C]):
     explain: bool = False  # also return per-step gates and states
     explain_loc: Loc = ("explain",)  # where the request asked for them, for an error about it
     context: C | None = None  # the codec's own: requested outputs, a stream's name
+    sequence: SequenceRef | None = None  # a server-held sequence this chunk continues (one sequence)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class DataPlane:
     admission: Admission
     timeout_s: float  # deadline of one request, from its admission
     inline_max_steps: int  # a lone request of at most this many real steps runs on the event loop (inline_limit)
+    sequences: Sequences | None = None  # server-held sequences; None: requests naming one are refused
 
     async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
         """Admit, then read, decode, infer and encode within the deadline."""
@@ -120,7 +123,10 @@ class DataPlane:
                     call = codec.decode(body, spec, self.limits)
                 else:
                     call = await run_in_threadpool(codec.decode, body, spec, self.limits)
-                outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
+                if call.sequence is not None:
+                    outcome = await self._in_sequence(call)
+                else:
+                    outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
                 return codec.encode(call, outcome, spec)
         except TimeoutError:
             metrics.REJECTED.labels("deadline").inc()
@@ -133,6 +139,13 @@ class DataPlane:
             self.admission.leave()
             if size > memory.LARGE_BODY_BYTES:
                 memory.trim()
+
+    async def _in_sequence(self, call: Call[Any]) -> Outcome:
+        assert call.sequence is not None
+        if self.sequences is None:
+            msg = "This server holds no sequences: send h0 and c0 with each chunk instead"
+            raise InvalidInput([error(call.sequence.loc, msg, "unsupported")])
+        return await self.sequences.run(call, self.engine.spec, self.infer)
 
     def _idle(self) -> bool:
         return self.admission.admitted == 1 and (self.batcher is None or self.batcher.depth == 0)

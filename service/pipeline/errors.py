@@ -75,6 +75,19 @@ class TooManySequences(ServiceError):
     status = 429
 
 
+class SequenceBusy(ServiceError):
+    """A chunk of a server-held sequence came while another chunk of it runs."""
+
+    status = 409
+
+
+class StoreDown(ServiceError):
+    """The sequence store cannot be reached: nothing is answered from it."""
+
+    status = 503
+    headers = {"Retry-After": "1"}  # noqa: RUF012
+
+
 class UnknownModel(ServiceError, LookupError):
     """No such model or version in the repository."""
 

@@ -7,17 +7,23 @@ model; its latest version unless ``LSTM_MODEL_VERSION`` pins one); ``/v1/models/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from anyio.to_thread import run_sync as run_in_threadpool
 
 from .. import metrics
 from ..model import repository
 from ..model.engine import Engine
 from ..settings import Settings
+from ..state import open_store
+from ..state.store import SequenceStore, Terms
 from .batcher import Batcher
 from .dataplane import Admission, DataPlane, inline_limit
 from .errors import NotReady, UnknownModel
 from .rules import Limits
+from .sequences import Sequences
 
 
 @dataclass
@@ -25,6 +31,8 @@ class Registry:
     planes: dict[tuple[str, str], DataPlane]  # (name, version) -> request path
     default: tuple[str, str]
     admission: Admission
+    store: SequenceStore  # server-held sequences, for every model
+    _forget: Callable[[], None] = lambda: None  # removes the store's own file, if it made one
 
     @classmethod
     def load(cls, s: Settings) -> Registry:
@@ -32,6 +40,9 @@ class Registry:
         default_folder = repository.resolve(s.model_repository, s.model_name, s.model_version)
         limits = Limits.from_settings(s)
         admission = Admission(s.max_queue)
+        terms = Terms(idle_s=s.sequence_idle_s, max_sequences=s.max_sequences, lease_s=s.request_timeout_s + 5)
+        store, forget = open_store(s.state_url, terms)
+        sequences = Sequences(store)
         planes: dict[tuple[str, str], DataPlane] = {}
         for name in repository.model_names(s.model_repository):
             for version in repository.versions(s.model_repository, name):
@@ -43,11 +54,12 @@ class Registry:
                 batcher = None
                 if s.batching:
                     batcher = Batcher(engine, s.batch_max_size, s.batch_max_delay_ms / 1000, s.call_max_steps)
+                inline = inline_limit(engine, s.inline_max_steps)
                 planes[(name, str(version))] = DataPlane(
-                    engine, limits, batcher, admission, s.request_timeout_s, inline_limit(engine, s.inline_max_steps)
+                    engine, limits, batcher, admission, s.request_timeout_s, inline, sequences
                 )
                 metrics.MODEL_INFO.labels(name, str(version), engine.provider).set(1)
-        return cls(planes, (default_folder.parent.name, default_folder.name), admission)
+        return cls(planes, (default_folder.parent.name, default_folder.name), admission, store, forget)
 
     def start(self) -> None:
         for p in self.planes.values():
@@ -58,6 +70,12 @@ class Registry:
         for p in self.planes.values():
             if p.batcher is not None:
                 p.batcher.stop()
+
+    async def close(self) -> None:
+        """Stop the batchers (off the event loop) and close the sequence store."""
+        await run_in_threadpool(self.stop)
+        await self.store.close()
+        self._forget()
 
     @property
     def default_plane(self) -> DataPlane:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from ..model.batch import Batch
 from ..model.contract import ModelSpec
 from ..settings import Settings
 from .errors import InvalidInput, Loc, error
+
+if TYPE_CHECKING:
+    from .sequences import SequenceRef
 
 MAX_ERRORS = 20  # a body with a million wrong values gets the first few named, not a million-line answer
 INT_RANGES = {np.dtype("<i4"): "INT32", np.dtype("<i8"): "INT64"}
@@ -234,3 +237,14 @@ def batch(
             raise InvalidInput([error(place, msg, "shape")])
         finite_float32(state, place)
     return Batch(x, h0, c0)
+
+
+def sequence_batch(batch: Batch, ref: SequenceRef, states_given: bool, places: Places) -> None:
+    """A chunk of a server-held sequence: one sequence, and initial states only where it starts (after that,
+    the server's are the states)."""
+    if batch.size != 1:
+        msg = f"A request naming a sequence holds one sequence, not {batch.size}"
+        raise InvalidInput([error(places.x, msg, "too_long")])
+    if states_given and not ref.start:
+        msg = "h0 and c0 may only start a sequence; after that the server holds its states"
+        raise InvalidInput([error(places.h0, msg, "sequence_states")])

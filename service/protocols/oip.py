@@ -26,6 +26,7 @@ from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, ServiceError, error
 from ..pipeline.rules import Limits
+from ..pipeline.sequences import SequenceRef
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -35,8 +36,6 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "INT64": np.dtype("<i8"),
 }
 PLACES = rules.Places(x=("x",), h0=("h0",), c0=("c0",))
-# Triton's sequence extension: its parameters must never be taken for a stateless request.
-SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 Size = Annotated[StrictInt, Field(ge=0)]
 
 
@@ -46,6 +45,11 @@ class _Parameters(BaseModel):
 
 class RequestParameters(_Parameters):
     binary_data_output: StrictBool | None = Field(default=None, description="Every output as binary data.")
+    sequence_id: Annotated[StrictInt, Field(ge=1, le=2**64 - 1)] | Annotated[
+        StrictStr, Field(min_length=1, max_length=256)
+    ] | None = Field(default=None, description="Triton's sequence extension: the server-held sequence of this chunk.")
+    sequence_start: StrictBool | None = Field(default=None, description="This chunk starts (or restarts) it.")
+    sequence_end: StrictBool | None = Field(default=None, description="This chunk ends it.")
 
 
 class InputParameters(_Parameters):
@@ -135,6 +139,18 @@ def _tensor(reader: jsondata.Reader, tensor: Any) -> dict[str, Any]:
     return {k: tensor[k] if k == "data" else reader.plain(tensor[k]) for k in jsondata.keys(tensor)}
 
 
+def _sequence(parameters: RequestParameters | None) -> SequenceRef | None:
+    """Triton's sequence extension: ``sequence_id`` names the server-held sequence; ``sequence_start`` and
+    ``sequence_end`` mean nothing without it, and are refused rather than ignored."""
+    p = parameters or RequestParameters()
+    if p.sequence_id is None:
+        for flag in ("sequence_start", "sequence_end"):
+            if getattr(p, flag):
+                raise InvalidInput([error(("parameters", flag), f"{flag} needs a sequence_id", "missing")])
+        return None
+    return SequenceRef(p.sequence_id, bool(p.sequence_start), bool(p.sequence_end), ("parameters", "sequence_id"))
+
+
 class OipCodec:
     """One /v2 inference request; ``header_length`` is its Inference-Header-Content-Length, if any."""
 
@@ -148,10 +164,6 @@ class OipCodec:
 
     def _read(self, reader: jsondata.Reader, binary: bytes, spec: ModelSpec, limits: Limits) -> Call[Answer]:
         req = _envelope(reader)
-        for key in SEQUENCE_PARAMETERS:
-            if req.parameters is not None and key in (req.parameters.model_extra or {}):
-                msg = "This server holds no sequence state: send h0 and c0 with each chunk instead"
-                raise InvalidInput([error(("parameters", key), msg, "unsupported")])
         arrays: dict[str, np.ndarray] = {}
         offset = 0
         for i, tensor in enumerate(req.inputs):
@@ -186,7 +198,10 @@ class OipCodec:
         outputs, wanted_binary = _requested_outputs(req)
         batch = _batch(arrays, spec, limits)
         steps = arrays["x"].shape[1]
-        return Call(batch, context=Answer(outputs, wanted_binary, req.id, steps))
+        ref = _sequence(req.parameters)
+        if ref is not None:
+            rules.sequence_batch(batch, ref, "h0" in arrays, PLACES)
+        return Call(batch, context=Answer(outputs, wanted_binary, req.id, steps), sequence=ref)
 
     def _split(self, body: bytes) -> tuple[bytes, bytes]:
         n = self.header_length

@@ -53,7 +53,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": "lstm-service", "version": request.app.version, "extensions": ["binary_tensor_data"]}
+    return {"name": "lstm-service", "version": request.app.version, "extensions": ["binary_tensor_data", "sequence"]}
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:

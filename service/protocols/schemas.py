@@ -6,11 +6,21 @@ pydantic on nested float lists); ``PredictRequest`` documents exactly what that 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Tensor3 = list[list[list[float]]]
+
+
+class SequenceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[int, Field(ge=1, le=2**64 - 1)] | Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        description="The sequence: an unsigned integer or a string, the client's own."
+    )
+    start: bool = Field(default=False, description="This chunk starts (or restarts) it, from `h0`/`c0` or zeros.")
+    end: bool = Field(default=False, description="This chunk ends it: the server forgets its states.")
 
 
 class PredictRequest(BaseModel):
@@ -33,6 +43,11 @@ class PredictRequest(BaseModel):
     explain: bool = Field(
         default=False,
         description="Also return per-step gates and states (`explanation`); limited by `explain_max_values`.",
+    )
+    sequence: SequenceSpec | None = Field(
+        default=None,
+        description="A server-held sequence this chunk belongs to (one sequence per request): the server keeps its "
+        "states between chunks, on any worker or replica. `h0`/`c0` only with `start`.",
     )
 
 

@@ -1,0 +1,137 @@
+"""Server-held sequences on the request path: a chunk that names a sequence runs from the states the store
+holds for it, and leaves the states after its last step there for the next chunk, on any worker or replica.
+
+The store is behind ``service.state.store.SequenceStore``; this module does not know which one it is. Its
+errors become the pipeline's, once: an unknown or expired sequence is invalid input naming the place the
+request named it (422, 400, or close 1007); a sequence running another chunk is ``SequenceBusy`` (409);
+more live sequences than the store holds is ``TooManySequences`` (429); a store out of reach is
+``StoreDown`` (503, nothing answered from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..model.batch import Batch
+from ..model.contract import ModelSpec
+from ..state.store import (
+    BusySequence,
+    Claim,
+    ExpiredSequence,
+    SequenceStore,
+    StoreFull,
+    StoreUnavailable,
+    UnknownSequence,
+)
+from .errors import InvalidInput, Loc, SequenceBusy, StoreDown, TooManySequences, error
+
+if TYPE_CHECKING:
+    from .dataplane import Call, Outcome
+
+MAX_ID_CHARS = 256
+MAX_ID = 2**64 - 1  # Triton's sequence ids are unsigned 64-bit integers, or strings
+
+
+@dataclass(frozen=True)
+class SequenceRef:
+    """A request's sequence: its id (an unsigned integer or a string), whether it starts or ends the
+    sequence, and where the request named it (for errors)."""
+
+    id: int | str
+    start: bool = False
+    end: bool = False
+    loc: Loc = ("sequence", "id")
+
+    def key(self, spec: ModelSpec) -> str:
+        """The store's key: the model's name, and the id (integers and strings kept apart)."""
+        return f"{spec.name}:{'u' if isinstance(self.id, int) else 's'}:{self.id}"
+
+
+def sequence_id(value: Any, loc: Loc) -> int | str:
+    """A sequence id as the protocols take it: an integer in 1..2**64-1, or a string of 1 to 256 characters."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= MAX_ID:
+            return value
+        raise InvalidInput([error(loc, f"A sequence id is an integer in 1..{MAX_ID} or a string", "sequence_id")])
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+        return value
+    msg = f"A sequence id is an integer in 1..{MAX_ID} or a string of 1 to {MAX_ID_CHARS} characters"
+    raise InvalidInput([error(loc, msg, "sequence_id")])
+
+
+def pack(hn: np.ndarray, cn: np.ndarray) -> bytes:
+    """One sequence's final states [L, H] as the store keeps them: h then c, little-endian float32."""
+    return np.concatenate([hn.ravel(), cn.ravel()]).astype("<f4", copy=False).tobytes()
+
+
+def unpack(blob: bytes, spec: ModelSpec, ref: SequenceRef) -> tuple[np.ndarray, np.ndarray]:
+    """h0 and c0 [L, 1, H] from the store's bytes, exactly as they were written."""
+    shape = (spec.num_layers, 1, spec.hidden_size)
+    size = 2 * spec.num_layers * spec.hidden_size * 4
+    if len(blob) != size:
+        msg = f"Sequence {ref.id!r} holds states of another shape than this model's: start it again"
+        raise InvalidInput([error(ref.loc, msg, "sequence_shape")])
+    states = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    half = states.size // 2
+    return states[:half].reshape(shape).copy(), states[half:].reshape(shape).copy()
+
+
+@dataclass
+class Sequences:
+    store: SequenceStore
+
+    async def run(self, call: Call[Any], spec: ModelSpec, infer: Callable[[Call[Any]], Awaitable[Outcome]]) -> Outcome:
+        ref = call.sequence
+        assert ref is not None and call.batch.size == 1  # rules.sequence_batch saw to it
+        try:
+            claim = await self.store.claim(ref.key(spec), ref.start)
+        except (UnknownSequence, ExpiredSequence, BusySequence, StoreFull, StoreUnavailable) as e:
+            raise self._error(e, ref) from None
+        done = False
+        try:
+            batch = call.batch
+            if claim.states is not None:
+                h0, c0 = unpack(claim.states, spec, ref)
+                batch = Batch(batch.x, h0, c0)
+            outcome = await infer(replace(call, batch=batch))
+            result = outcome.results[0]
+            try:
+                if ref.end:
+                    await self.store.drop(claim)
+                else:
+                    await self.store.keep(claim, pack(result.hn, result.cn))
+            except (BusySequence, StoreUnavailable) as e:  # busy: the claim lapsed and another chunk took over
+                raise self._error(e, ref) from None
+            done = True
+            return outcome
+        finally:
+            if not done:  # the chunk failed, or its request was cancelled: the sequence stays as it was
+                await asyncio.shield(_release(self.store, claim))
+
+    def _error(self, e: Exception, ref: SequenceRef) -> Exception:
+        """The store's error as the pipeline's, worded with the client's own id."""
+        name = repr(ref.id)
+        if isinstance(e, UnknownSequence):
+            msg = f"Sequence {name} is not known here: start it first"
+            return InvalidInput([error(ref.loc, msg, "sequence_unknown")])
+        if isinstance(e, ExpiredSequence):
+            msg = f"Sequence {name} expired after {self.store.terms.idle_s:g} s without a chunk: start it again"
+            return InvalidInput([error(ref.loc, msg, "sequence_expired")])
+        if isinstance(e, BusySequence):
+            return SequenceBusy(f"Sequence {name} is running another chunk: send the next when it is answered")
+        if isinstance(e, StoreFull):
+            limit = self.store.terms.max_sequences
+            return TooManySequences(f"{limit} sequences are live, the most this server holds: end one, or retry later")
+        return StoreDown(str(e))
+
+
+async def _release(store: SequenceStore, claim: Claim) -> None:
+    try:
+        await store.release(claim)
+    except StoreUnavailable:
+        pass  # the claim lapses by itself

@@ -1,0 +1,161 @@
+"""Server-held sequences through the pipeline (service/pipeline/sequences.py), on /predict, /v1 and /v2:
+chunks of one sequence equal one whole call, and every semantic the issue names holds."""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+
+from .conftest import app_client, windows
+
+INFER = "/v2/models/tiny/infer"
+
+
+@pytest.fixture(scope="module")
+def c(settings: Settings) -> Iterator[TestClient]:
+    with app_client(settings) as client:
+        yield client
+
+
+def rest(c: TestClient, x: np.ndarray, sequence: dict[str, Any] | None, **extra: Any) -> Any:
+    body: dict[str, Any] = {"inputs": [x.tolist()], **extra}
+    if sequence is not None:
+        body["sequence"] = sequence
+    return c.post("/predict", json=body)
+
+
+def oip(c: TestClient, x: np.ndarray, **parameters: Any) -> Any:
+    doc = {
+        "inputs": [{"name": "x", "shape": [1, *x.shape], "datatype": "FP32", "data": x.ravel().tolist()}],
+        "parameters": parameters,
+    }
+    return c.post(INFER, json=doc)
+
+
+def chunks(x: np.ndarray, ends: list[int]) -> list[np.ndarray]:
+    return [x[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+@pytest.mark.parametrize("seq_id", [7, "device-7", 2**64 - 1])
+def test_chunks_of_a_server_held_sequence_equal_one_call(c: TestClient, weather: np.ndarray, seq_id: Any) -> None:
+    x = windows(weather, [41], np.random.default_rng(3))[0]
+    whole = rest(c, x, None).json()
+    outputs = []
+    parts = chunks(x, [1, 9, 10, 33, 41])
+    for k, part in enumerate(parts):
+        answer = rest(c, part, {"id": seq_id, "start": k == 0, "end": k == len(parts) - 1})
+        assert answer.status_code == 200, answer.text
+        outputs += answer.json()["outputs"][0]
+    np.testing.assert_allclose(outputs, whole["outputs"][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(answer.json()["hn"], whole["hn"], rtol=1e-5, atol=1e-6)
+    r = rest(c, x[:2], {"id": seq_id})  # ended: forgotten
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sequence", "id"]
+    assert "is not known" in r.json()["detail"][0]["msg"]
+
+
+def test_the_same_sequence_on_every_protocol(c: TestClient, weather: np.ndarray) -> None:
+    """/predict, /v1 and /v2 share the store: a sequence started on one goes on on the others."""
+    x = windows(weather, [30], np.random.default_rng(4))[0].astype(np.float32)
+    whole = rest(c, x, None).json()["outputs"][0]
+    got = rest(c, x[:10], {"id": "shared", "start": True}).json()["outputs"][0]
+    r = c.post("/v1/models/tiny/predict", json={"inputs": [x[10:20].tolist()], "sequence": {"id": "shared"}})
+    got += r.json()["outputs"][0]
+    r = oip(c, x[20:], sequence_id="shared", sequence_end=True)
+    assert r.status_code == 200, r.text
+    y = next(o for o in r.json()["outputs"] if o["name"] == "y")
+    got += np.asarray(y["data"]).reshape(10, -1).tolist()
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_a_start_may_give_initial_states_and_only_a_start(c: TestClient, weather: np.ndarray) -> None:
+    x = windows(weather, [12], np.random.default_rng(6))[0]
+    h0 = np.full((1, 2, 8), 0.3).tolist()
+    given = rest(c, x, None, h0=h0, c0=h0).json()
+    a = rest(c, x[:5], {"id": "given", "start": True}, h0=h0, c0=h0).json()
+    b = rest(c, x[5:], {"id": "given"}).json()
+    np.testing.assert_allclose(a["outputs"][0] + b["outputs"][0], given["outputs"][0], rtol=1e-5, atol=1e-5)
+    r = rest(c, x[:2], {"id": "given"}, h0=h0, c0=h0)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "h0"]
+    r = oip(c, x[:2], sequence_id="given", sequence_start=False)
+    assert r.status_code == 200  # the sequence was left as it was
+
+
+@pytest.mark.parametrize(
+    ("sequence", "loc"),
+    [
+        ({"id": 0}, ["body", "sequence", "id"]),
+        ({"id": -1}, ["body", "sequence", "id"]),
+        ({"id": 2**64}, ["body", "sequence", "id"]),
+        ({"id": ""}, ["body", "sequence", "id"]),
+        ({"id": "x" * 257}, ["body", "sequence", "id"]),
+        ({"id": True}, ["body", "sequence", "id"]),
+        ({"id": 1.5}, ["body", "sequence", "id"]),
+        ({"id": [1]}, ["body", "sequence", "id"]),
+        ({"start": True}, ["body", "sequence", "id"]),
+        ({"id": 1, "start": "yes"}, ["body", "sequence", "start"]),
+        ({"id": 1, "end": 1}, ["body", "sequence", "end"]),
+        ({"id": 1, "other": 1}, ["body", "sequence", "other"]),
+        ("seq-1", ["body", "sequence"]),
+    ],
+)
+def test_a_bad_sequence_is_a_422_naming_it(c: TestClient, sequence: Any, loc: list) -> None:
+    r = c.post("/predict", json={"inputs": [[[0.5, 11.1, 4.4, 2.8]]], "sequence": sequence})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, r.text
+
+
+def test_a_request_naming_a_sequence_holds_one(c: TestClient) -> None:
+    r = c.post("/predict", json={"inputs": [[[0.5, 11.1, 4.4, 2.8]]] * 2, "sequence": {"id": 1, "start": True}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs"]
+    doc = {
+        "inputs": [{"name": "x", "shape": [2, 1, 4], "datatype": "FP32", "data": [0.5, 11.1, 4.4, 2.8] * 2}],
+        "parameters": {"sequence_id": 1, "sequence_start": True},
+    }
+    r = c.post(INFER, json=doc)
+    assert r.status_code == 400 and r.json()["error"].startswith("x:")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "field"),
+    [
+        ({"sequence_id": 0}, "sequence_id"),
+        ({"sequence_id": -3}, "sequence_id"),
+        ({"sequence_id": 1.5}, "sequence_id"),
+        ({"sequence_id": True}, "sequence_id"),
+        ({"sequence_id": ""}, "sequence_id"),
+        ({"sequence_id": 1, "sequence_start": "true"}, "sequence_start"),
+        ({"sequence_id": 1, "sequence_end": 0}, "sequence_end"),
+        ({"sequence_id": "never-started"}, "sequence_id"),
+    ],
+)
+def test_bad_sequence_parameters_are_a_400_naming_them(c: TestClient, parameters: dict, field: str) -> None:
+    r = oip(c, np.zeros((1, 4), dtype=np.float32) + 1, **parameters)
+    assert r.status_code == 400 and f"parameters.{field}" in r.json()["error"], r.text
+
+
+def test_an_idle_sequence_expires_and_says_so(settings: Settings) -> None:
+    with app_client(settings, sequence_idle_s=0.3) as c:
+        x = np.ones((2, 4)) * 3
+        assert rest(c, x, {"id": "idle", "start": True}).status_code == 200
+        time.sleep(0.4)
+        r = rest(c, x, {"id": "idle"})
+        assert r.status_code == 422 and "expired after 0.3 s" in r.json()["detail"][0]["msg"]
+        r = oip(c, x.astype(np.float32), sequence_id="idle")
+        assert r.status_code == 400 and "expired" in r.json()["error"]
+        assert rest(c, x, {"id": "idle", "start": True}).status_code == 200  # and it starts again
+
+
+def test_at_most_so_many_live_sequences(settings: Settings) -> None:
+    with app_client(settings, max_sequences=2) as c:
+        x = np.ones((2, 4))
+        for k in range(2):
+            assert rest(c, x, {"id": k + 1, "start": True}).status_code == 200
+        r = rest(c, x, {"id": 3, "start": True})
+        assert r.status_code == 429 and "2 sequences are live" in r.json()["detail"]
+        assert oip(c, x.astype(np.float32), sequence_id=3, sequence_start=True).status_code == 429
+        assert rest(c, x, {"id": 1, "end": True}).status_code == 200  # one ends: room for another
+        assert rest(c, x, {"id": 3, "start": True}).status_code == 200
