@@ -155,7 +155,9 @@ class Settings(BaseSettings):
     @field_validator("state_url")
     @classmethod
     def _a_store(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://", "sqlite:///")):
+        if value and not value.startswith(
+            ("redis://", "rediss://", "valkey://", "valkeys://", "unix://", "sqlite:///")
+        ):
             raise ValueError("should be empty, redis://..., valkey://... or sqlite:///path")
         return value
 

@@ -28,7 +28,7 @@ from . import memory
 from .batcher import Batcher, timed_predict
 from .errors import DeadlineExceeded, InvalidInput, Loc, Overloaded, ServiceError, error
 from .rules import Limits
-from .sequences import Sequences, SequenceRef
+from .sequences import SequenceRef, Sequences
 
 INLINE_DECODE_BYTES = 256 * 1024  # larger bodies are decoded off the event loop
 A = TypeVar("A", covariant=True)

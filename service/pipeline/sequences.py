@@ -11,6 +11,7 @@ more live sequences than the store holds is ``TooManySequences`` (429); a store 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -131,7 +132,5 @@ class Sequences:
 
 
 async def _release(store: SequenceStore, claim: Claim) -> None:
-    try:
+    with contextlib.suppress(StoreUnavailable):  # out of reach: the claim lapses by itself
         await store.release(claim)
-    except StoreUnavailable:
-        pass  # the claim lapses by itself

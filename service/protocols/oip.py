@@ -45,9 +45,11 @@ class _Parameters(BaseModel):
 
 class RequestParameters(_Parameters):
     binary_data_output: StrictBool | None = Field(default=None, description="Every output as binary data.")
-    sequence_id: Annotated[StrictInt, Field(ge=1, le=2**64 - 1)] | Annotated[
-        StrictStr, Field(min_length=1, max_length=256)
-    ] | None = Field(default=None, description="Triton's sequence extension: the server-held sequence of this chunk.")
+    sequence_id: (
+        Annotated[StrictInt, Field(ge=1, le=2**64 - 1)]
+        | Annotated[StrictStr, Field(min_length=1, max_length=256)]
+        | None
+    ) = Field(default=None, description="Triton's sequence extension: the server-held sequence of this chunk.")
     sequence_start: StrictBool | None = Field(default=None, description="This chunk starts (or restarts) it.")
     sequence_end: StrictBool | None = Field(default=None, description="This chunk ends it.")
 

@@ -19,6 +19,7 @@ from ..server.shutdown import DRAINING, is_ready
 from . import oip
 from .handlers import serve_oip
 from .rest_routes import get_registry
+from .schemas import inline_schema
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 RegistryDep = Annotated[Registry, Depends(get_registry)]
@@ -56,23 +57,6 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": "lstm-service", "version": request.app.version, "extensions": ["binary_tensor_data", "sequence"]}
 
 
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema with its ``$defs`` written in place, to embed in the OpenAPI document."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    inlined: dict[str, Any] = walk(schema)
-    return inlined
-
-
 INFER_DOCS: dict[str, Any] = {
     "responses": {
         **ERRORS,
@@ -80,7 +64,7 @@ INFER_DOCS: dict[str, Any] = {
             "description": "Output tensors y, hn and cn; with binary outputs asked for, the JSON header is followed "
             "by their bytes (`Inference-Header-Content-Length` gives the header's length).",
             "content": {
-                "application/json": {"schema": _inline(oip.InferenceResponse.model_json_schema())},
+                "application/json": {"schema": inline_schema(oip.InferenceResponse.model_json_schema())},
                 "application/octet-stream": {},
             },
         },
@@ -89,7 +73,7 @@ INFER_DOCS: dict[str, Any] = {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": _inline(oip.InferenceRequest.model_json_schema())},
+                "application/json": {"schema": inline_schema(oip.InferenceRequest.model_json_schema())},
                 "application/octet-stream": {},
             },
         }

@@ -27,6 +27,7 @@ from .schemas import (
     ModelVersions,
     PredictRequest,
     PredictResponse,
+    inline_schema,
 )
 from .websocket import POLICY, TRY_LATER, refuse, serve_stream
 
@@ -70,7 +71,7 @@ PREDICT_DOCS: dict[str, Any] = dict(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": inline_schema(PredictRequest.model_json_schema())}},
         }
     },
 )
