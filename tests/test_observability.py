@@ -1,6 +1,8 @@
 """Metrics, request ids and structured logs."""
 
+import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -10,12 +12,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
-from service.server.logs import JsonFormatter
+from service.server.logs import AccessLog, JsonFormatter
 from service.settings import Settings
 
 from .conftest import app_client, running_server
@@ -184,3 +187,45 @@ def test_log_time_stamps_are_utc_to_the_millisecond() -> None:
     ]:
         record.created, record.msecs = created, (created % 1) * 1000
         assert json.loads(formatter.format(record))["ts"] == stamp
+
+
+def test_request_lines_of_one_loop_turn_go_out_in_one_write() -> None:
+    """With log_config's JSON handler in place, the request log skips LogRecords and writes a turn's lines
+    at once; the lines are what the logger would have written."""
+
+    class Writes(io.BytesIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[bytes] = []
+
+        def write(self, data: Any) -> int:
+            self.writes.append(bytes(data))
+            return super().write(data)
+
+    raw = Writes()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
+    logger = logging.getLogger("test.access.fast")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    access = AccessLog(logger)
+
+    async def turn() -> None:
+        for k in range(3):
+            access(request_id=f"r{k}", status=200, path="/predict")
+        await asyncio.sleep(0)  # the turn ends: its lines go out
+
+    try:
+        asyncio.run(turn())
+        assert len(raw.writes) == 1
+        lines = [json.loads(x) for x in raw.getvalue().splitlines()]
+        assert [x["request_id"] for x in lines] == ["r0", "r1", "r2"]
+        assert (
+            lines[0]["logger"] == "test.access.fast" and lines[0]["msg"] == "request" and lines[0]["ts"].endswith("Z")
+        )
+        logger.setLevel(logging.WARNING)
+        asyncio.run(turn())
+        assert len(raw.writes) == 1  # below its level: nothing
+    finally:
+        logger.removeHandler(handler)

@@ -22,8 +22,10 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import metrics
+from .logs import AccessLog
 
 log = logging.getLogger("service.access")
+access = AccessLog(log)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CLIENT_LEFT = "lstm.client_left"  # in scope["state"], set by the server: true once the client left unanswered
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
@@ -72,18 +74,14 @@ class RequestContext:
                 status = CLIENT_CLOSED_REQUEST  # whatever was sent, nobody received it
             if self.metrics_on:
                 metrics.answered(scope["path"], status, elapsed)
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "request",
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": metrics.route_label(scope["path"]),
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "client": (scope.get("client") or ("", 0))[0],
-                    },
-                )
+            access(
+                request_id=request_id,
+                method=scope["method"],
+                path=metrics.route_label(scope["path"]),
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+                client=(scope.get("client") or ("", 0))[0],
+            )
 
 
 class ApiKeyAuth:
