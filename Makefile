@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test lint format docs train export bench soak docker-test clean
+.PHONY: setup serve test store-server lint format docs train export bench soak docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ setup: $(VENV)/.dev-deps
 serve: $(VENV)/.serve-deps
 	$(BIN)/python -m service
 
-test: $(VENV)/.dev-deps
+# The shared sequence store's tests run against a real Valkey or Redis: Debian's redis-server, installed
+# here where apt-get can (root); elsewhere those tests are skipped and say why.
+test: $(VENV)/.dev-deps store-server
 	$(BIN)/python -m pytest
+
+store-server:
+	@command -v valkey-server >/dev/null || command -v redis-server >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; }; } || \
+	  echo "no valkey-server or redis-server: the shared-store tests will be skipped (apt-get install redis-server)"; }
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
