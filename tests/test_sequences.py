@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from service.settings import Settings
 
@@ -159,3 +160,23 @@ def test_at_most_so_many_live_sequences(settings: Settings) -> None:
         assert oip(c, x.astype(np.float32), sequence_id=3, sequence_start=True).status_code == 429
         assert rest(c, x, {"id": 1, "end": True}).status_code == 200  # one ends: room for another
         assert rest(c, x, {"id": 3, "start": True}).status_code == 200
+
+
+def test_a_websocket_stream_resumes_its_sequence_on_a_new_connection(c: TestClient, weather: np.ndarray) -> None:
+    x = windows(weather, [30], np.random.default_rng(8))[0]
+    whole = rest(c, x, None).json()["outputs"][0]
+    got: list[Any] = []
+    parts = chunks(x, [4, 11, 23, 30])
+    for k, part in enumerate(parts):  # a new connection for every chunk: a disconnect, a restart
+        with c.websocket_connect("/v1/models/tiny/stream") as ws:
+            seq = {"id": "ws-resume", "start": k == 0, "end": k == len(parts) - 1}
+            ws.send_json({"stream": "a", "inputs": part.tolist(), "sequence": seq})
+            answer = ws.receive_json()
+            assert answer["sequence"] == "ws-resume" and answer["stream"] == "a"
+            got += answer["outputs"]
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
+    with c.websocket_connect("/v1/models/tiny/stream") as ws:  # ended: unknown, said with close 1007
+        ws.send_json({"stream": "a", "inputs": x[:2].tolist(), "sequence": {"id": "ws-resume"}})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1007 and closed.value.reason.startswith("sequence.id: Sequence 'ws-resume'")

@@ -29,6 +29,7 @@ from ..state.store import (
     StoreUnavailable,
     UnknownSequence,
 )
+from . import jsondata
 from .errors import InvalidInput, Loc, SequenceBusy, StoreDown, TooManySequences, error
 
 if TYPE_CHECKING:
@@ -63,6 +64,32 @@ def sequence_id(value: Any, loc: Loc) -> int | str:
         return value
     msg = f"A sequence id is an integer in 1..{MAX_ID} or a string of 1 to {MAX_ID_CHARS} characters"
     raise InvalidInput([error(loc, msg, "sequence_id")])
+
+
+FIELDS = ("id", "start", "end")
+
+
+def read_ref(reader: jsondata.Reader, value: Any, loc: Loc) -> SequenceRef:
+    """``{"id": ..., "start": false, "end": false}`` (REST and the WebSocket stream): the server-held sequence a
+    chunk belongs to; every field checked and named."""
+    if not jsondata.is_object(value):
+        raise InvalidInput([error(loc, "Input should be an object: id, start, end", "model_attributes_type")])
+    names = jsondata.keys(value, loc)
+    plain = {k: reader.plain(value[k]) for k in names}
+    errors = [
+        error((*loc, jsondata.key_name(k)), "Extra inputs are not permitted", "extra_forbidden")
+        for k in names
+        if k not in FIELDS
+    ]
+    if "id" not in plain:
+        errors.append(error((*loc, "id"), "Field required", "missing"))
+    for flag in ("start", "end"):
+        if not isinstance(plain.get(flag, False), bool):
+            errors.append(error((*loc, flag), "Input should be a valid boolean", "bool_type"))
+    if errors:
+        raise InvalidInput(errors)
+    ident = sequence_id(plain["id"], (*loc, "id"))
+    return SequenceRef(ident, plain.get("start", False), plain.get("end", False), (*loc, "id"))
 
 
 def pack(hn: np.ndarray, cn: np.ndarray) -> bytes:

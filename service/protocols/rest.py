@@ -14,38 +14,13 @@ import numpy as np
 import orjson
 
 from ..model.contract import ModelSpec
-from ..pipeline import jsondata, rules
+from ..pipeline import jsondata, rules, sequences
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, PayloadTooLarge, ServiceError, error
 from ..pipeline.rules import Dim, Limits
-from ..pipeline.sequences import SequenceRef, sequence_id
 
 FIELDS = ("inputs", "h0", "c0", "explain", "sequence")
-SEQUENCE_FIELDS = ("id", "start", "end")
 PLACES = rules.Places(x=("body", "inputs"), h0=("body", "h0"), c0=("body", "c0"), explain=("body", "explain"))
-
-
-def _sequence(reader: jsondata.Reader, value: Any) -> SequenceRef:
-    """``{"id": ..., "start": false, "end": false}``: the server-held sequence this chunk continues."""
-    loc = ("body", "sequence")
-    if not jsondata.is_object(value):
-        raise InvalidInput([error(loc, "Input should be an object: id, start, end", "model_attributes_type")])
-    names = jsondata.keys(value, loc)
-    plain = {k: reader.plain(value[k]) for k in names}
-    errors = [
-        error((*loc, jsondata.key_name(k)), "Extra inputs are not permitted", "extra_forbidden")
-        for k in names
-        if k not in SEQUENCE_FIELDS
-    ]
-    if "id" not in plain:
-        errors.append(error((*loc, "id"), "Field required", "missing"))
-    for flag in ("start", "end"):
-        if not isinstance(plain.get(flag, False), bool):
-            errors.append(error((*loc, flag), "Input should be a valid boolean", "bool_type"))
-    if errors:
-        raise InvalidInput(errors)
-    ident = sequence_id(plain["id"], (*loc, "id"))
-    return SequenceRef(ident, plain.get("start", False), plain.get("end", False), (*loc, "id"))
 
 
 class RestCodec:
@@ -82,7 +57,9 @@ class RestCodec:
         if errors:
             raise InvalidInput(errors)
         batch = rules.batch(x, states["h0"], states["c0"], spec, limits, PLACES, explain)
-        ref = _sequence(reader, doc["sequence"]) if "sequence" in keys and doc["sequence"] is not None else None
+        ref = None
+        if "sequence" in keys and doc["sequence"] is not None:
+            ref = sequences.read_ref(reader, doc["sequence"], ("body", "sequence"))
         if ref is not None:
             rules.sequence_batch(batch, ref, states["h0"] is not None, PLACES)
         return Call(batch, explain, PLACES.explain, sequence=ref)

@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .. import metrics
 from ..model.batch import Batch
 from ..model.contract import ModelSpec
-from ..pipeline import jsondata, rules
+from ..pipeline import jsondata, rules, sequences
 from ..pipeline.dataplane import Call, DataPlane, Outcome
 from ..pipeline.errors import (
     BodyTimeout,
@@ -51,7 +51,7 @@ from ..pipeline.rules import Limits
 
 log = logging.getLogger("service.access")
 INVALID, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER, NORMAL = 1007, 1003, 1008, 1009, 1013, 1000
-FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state")
+FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state", "sequence")
 PLACES = rules.Places(x=("inputs",), h0=("h0",), c0=("c0",))
 CLOSE_CODES: dict[type[ServiceError], int] = {
     InvalidInput: INVALID,
@@ -103,7 +103,7 @@ def close_for(exc: ServiceError) -> CloseWith:
 @dataclass
 class Message:
     stream: str
-    action: str  # "run", "reset" or "state"
+    action: str  # "run", "reset", "state", or "sequence" (a server-held sequence's chunk)
     fresh: bool = False  # the run starts the stream afresh (new, or from given states)
 
 
@@ -145,6 +145,14 @@ class StreamCodec:
             for k in ("h0", "c0")
             if k in keys and msg[k] is not None
         }
+        if "sequence" in keys and msg["sequence"] is not None:
+            # A server-held sequence: the store keeps its states, not this connection, so any connection (after a
+            # disconnect, or a restart) resumes it.
+            ref = sequences.read_ref(reader, msg["sequence"], ("sequence",))
+            h0, c0 = (given.get("h0"), given.get("c0")) if given else spec.zero_states(1)
+            batch = rules.batch([x], h0, c0, spec, limits, PLACES)
+            rules.sequence_batch(batch, ref, bool(given), PLACES)
+            return Call(batch, context=Message(name, "sequence"), sequence=ref)
         if name not in self.streams and len(self.streams) >= self.max_streams:
             raise TooManySequences(f"at most {self.max_streams} streams per connection")
         state = self.streams.get(name)
@@ -167,6 +175,10 @@ class StreamCodec:
             s = self.streams[name]
             return orjson.dumps({"stream": name, "hn": s.h[:, 0], "cn": s.c[:, 0]}, option=orjson.OPT_SERIALIZE_NUMPY)
         result = outcome.results[0]
+        if action == "sequence":
+            assert call.sequence is not None
+            answer = {"stream": name, "sequence": call.sequence.id, "outputs": result.outputs}
+            return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
         previous = self.streams.get(name)
         steps = (0 if call.context.fresh or previous is None else previous.steps) + call.batch.steps
         self.streams[name] = StreamState(result.hn[:, None, :], result.cn[:, None, :], steps)
