@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,23 @@ def server(cmd: list[str], env: dict[str, str], output: IO[bytes] | None = None)
                 os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind
 
 
+def valkey_server(folder: Path) -> tuple[str, subprocess.Popen[bytes]] | None:
+    """A Valkey (or Redis) server on 127.0.0.1 for the shared-store run, if one is installed."""
+    binary = shutil.which("valkey-server") or shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return f"redis://127.0.0.1:{port}/0", proc
+        time.sleep(0.05)
+    proc.kill()
+    return None
+
+
 def peak_rss_mb(pid: int) -> float:
     """The largest peak RSS (VmHWM) of the process and its children (uvicorn's workers)."""
     pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
@@ -192,7 +210,8 @@ def wrk(
     url: str, workload: str, conns: int, seconds: int, files: dict[str, Path], meta: dict[str, Any]
 ) -> dict[str, Any]:
     """One wrk run. A workload ending in v2 goes to the Open Inference Protocol with binary tensors."""
-    env = {**os.environ, "BENCH_DIR": str(BENCH), "BODY_FILE": str(files[workload]), "CHUNKS_FILE": str(files["W3"])}
+    body = files.get(workload, files["W3"])  # the stream scripts read CHUNKS_FILE instead
+    env = {**os.environ, "BENCH_DIR": str(BENCH), "BODY_FILE": str(body), "CHUNKS_FILE": str(files["W3"])}
     script = "post.lua"
     if workload.endswith("v2"):
         env["BODY_PATH"] = f"/v2/models/{meta['name']}/infer"
@@ -200,6 +219,8 @@ def wrk(
             env["HEADER_LENGTH"] = files[workload].with_suffix(".header").read_text()
     if workload == "W3":
         script = "stream.lua"
+    elif workload == "W3seq":
+        script = "stream_seq.lua"
     elif workload == "W3v2":
         script = "stream_v2.lua"
         env.update(
@@ -231,7 +252,7 @@ def load(
 
 
 RUNS = [("W1", 1), ("W1", 32), ("W2", 4), ("W3", 1)]
-PROTOCOL_RUNS = [("W1v2", 1), ("W1v2", 32), ("W2v2", 4), ("W3v2", 1), ("W3ws", 1)]  # the default server only
+PROTOCOL_RUNS = [("W1v2", 1), ("W1v2", 32), ("W2v2", 4), ("W3v2", 1), ("W3ws", 1), ("W3seq", 1)]  # default server only
 SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
     "bare ASGI (HTTP floor)": (
         [PY, "-m", "uvicorn", "bench.bare_asgi:app", "--port", "{port}", "--log-level", "warning", "--no-access-log"],
@@ -397,6 +418,16 @@ def markdown(res: dict[str, Any]) -> str:
         f"Padding: 1 x 10,000 + 255 x 1 steps in one request took {pad['together_s'] * 1000:.1f} ms; the two parts "
         f"sent apart {pad['apart_s'] * 1000:.1f} ms ({pad['ratio']:.2f}x).",
     ]
+    default, shared = (
+        res["servers"]["service, batching on (default)"],
+        res["servers"].get("service, sequences in Valkey"),
+    )
+    w3 = f"W3 (one 2,000-step stream in 20-step chunks, sequential): {default['W3 c1']['rps']:,.0f} requests/s passing "
+    w3 += f"the states back, {default['W3seq c1']['rps']:,.0f} as a server-held sequence in the embedded store"
+    if shared is not None:
+        w3 += f", {shared['W3seq c1']['rps']:,.0f} in Valkey"
+        w3 += f" (the same server passing states back: {shared['W3 c1']['rps']:,.0f})"
+    lines += ["", w3 + "."]
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
     for t in res["targets"]:
         lines.append(
@@ -448,7 +479,17 @@ def main() -> int:
 
         configs = [in_process_floors(files, meta, t) for t in (Settings().intra_op_threads or 0, 0)]
         res["floors"] = {k: min((c[k] for c in configs), key=lambda r: r["mean_us"]) for k in configs[0]}
-        for name, (cmd, env, runs) in SERVERS.items():
+        servers = dict(SERVERS)
+        store = valkey_server(Path(tmp))
+        if store is not None:  # W3 as a server-held sequence in Valkey (or Redis), beside the embedded store's
+            servers["service, sequences in Valkey"] = (
+                [PY, "-m", "service"],
+                {"LSTM_STATE_URL": store[0]},
+                [("W3", 1), ("W3seq", 1)],
+            )
+        else:
+            print("== no valkey-server or redis-server: W3 through a shared store not measured", flush=True)
+        for name, (cmd, env, runs) in servers.items():
             print(f"== {name}", flush=True)
             with server(cmd, env) as (url, pid):
                 out: dict[str, Any] = {}
@@ -463,6 +504,9 @@ def main() -> int:
                     )
                 out["peak_rss_mb"] = peak_rss_mb(pid)
                 res["servers"][name] = out
+        if store is not None:
+            store[1].terminate()
+            store[1].wait(10)
         print("== largest legal requests", flush=True)
         from training.data import load_csv
 
