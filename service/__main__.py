@@ -57,28 +57,32 @@ def main() -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-metrics-")
     state_folder = None
     if not s.state_url:
-        # Server-held sequences: one file every worker of this server opens, gone when it stops.
+        # Server-held sequences: one file every worker of this server opens (and the app, when it runs in
+        # this process: the settings are read again), gone when the server stops.
         state_folder = tempfile.mkdtemp(prefix="lstm-state-")
-        os.environ["LSTM_STATE_URL"] = f"sqlite:///{state_folder}/sequences.db"
+        os.environ["LSTM_STATE_URL"] = f"sqlite://{state_folder}/sequences.db"
+        get_settings.cache_clear()
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
     signal.signal(signal.SIGTERM, _exit_cleanly)
     from .server.protocol import GuardedHttpToolsProtocol
 
-    uvicorn.run(
-        "service.app:app",
-        host=s.host,
-        port=s.port,
-        workers=s.workers,
-        log_config=config,
-        access_log=False,  # service.server.middleware.RequestContext logs each request
-        timeout_graceful_shutdown=math.ceil(s.request_timeout_s),  # in-flight requests may finish
-        http=GuardedHttpToolsProtocol,  # header deadline and size cap
-        limit_concurrency=s.max_connections,  # 503 beyond, per worker
-        ws_max_size=s.max_body_bytes + 1024,  # a larger message is refused by the WebSocket layer (1009)
-    )
-    if state_folder is not None:
-        shutil.rmtree(state_folder, ignore_errors=True)
+    try:
+        uvicorn.run(
+            "service.app:app",
+            host=s.host,
+            port=s.port,
+            workers=s.workers,
+            log_config=config,
+            access_log=False,  # service.server.middleware.RequestContext logs each request
+            timeout_graceful_shutdown=math.ceil(s.request_timeout_s),  # in-flight requests may finish
+            http=GuardedHttpToolsProtocol,  # header deadline and size cap
+            limit_concurrency=s.max_connections,  # 503 beyond, per worker
+            ws_max_size=s.max_body_bytes + 1024,  # a larger message is refused by the WebSocket layer (1009)
+        )
+    finally:
+        if state_folder is not None:
+            shutil.rmtree(state_folder, ignore_errors=True)
     return 0
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+SHARED_STORES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")  # LSTM_STATE_URL's Valkey/Redis
+
 
 def _doc(default: Any, text: str, shown: str | None = None, **constraints: Any) -> Any:
     """A setting: its default, its one description (the settings table in docs/settings.md is made from
@@ -20,7 +22,10 @@ def _doc(default: Any, text: str, shown: str | None = None, **constraints: Any) 
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LSTM_", protected_namespaces=("settings_",))
+    # hide_input_in_errors: a refused value (a store URL with its password, say) is never echoed.
+    model_config = SettingsConfigDict(
+        env_prefix="LSTM_", protected_namespaces=("settings_",), hide_input_in_errors=True
+    )
 
     model_repository: Path = _doc(
         Path("models"),
@@ -155,9 +160,7 @@ class Settings(BaseSettings):
     @field_validator("state_url")
     @classmethod
     def _a_store(cls, value: str) -> str:
-        if value and not value.startswith(
-            ("redis://", "rediss://", "valkey://", "valkeys://", "unix://", "sqlite:///")
-        ):
+        if value and not value.startswith((*SHARED_STORES, "sqlite:///")):
             raise ValueError("should be empty, redis://..., valkey://... or sqlite:///path")
         return value
 

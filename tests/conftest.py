@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,11 +96,13 @@ def running_server(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The real server (`python -m service`) on 127.0.0.1 and a free port, ready; killed if still running after."""
     port = free_port()
+    state = tempfile.TemporaryDirectory(prefix="lstm-test-state-")  # the server's own store, removed even after a kill
     full = {
         **os.environ,
         "LSTM_MODEL_REPOSITORY": str(repo),
         "LSTM_PORT": str(port),
         "LSTM_PROVIDER": "cpu",
+        "LSTM_STATE_URL": f"sqlite://{state.name}/sequences.db",
         **(env or {}),
     }
     proc = subprocess.Popen(
@@ -121,6 +124,7 @@ def running_server(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and any worker it left
         proc.wait()
+        state.cleanup()
 
 
 @contextlib.contextmanager

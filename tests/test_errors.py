@@ -14,6 +14,7 @@ CASES: list[tuple[errors.ServiceError, int, int, int]] = [  # error, REST status
     (errors.NotReady(), 503, 503, 1013),
     (errors.StoreDown("down"), 503, 503, 1013),
     (errors.SequenceBusy("busy"), 409, 409, 1013),
+    (errors.SequencesFull("full"), 429, 429, 1013),
     (errors.DeadlineExceeded("late"), 504, 504, 1013),
     (errors.UnknownModel("nope"), 404, 404, 1008),
     (errors.TooManySequences("many"), 429, 429, 1008),

@@ -18,6 +18,7 @@ from service.state.embedded import EmbeddedStore
 from service.state.shared import SharedStore
 from service.state.store import (
     BusySequence,
+    Claim,
     ExpiredSequence,
     SequenceStore,
     StoreFull,
@@ -31,6 +32,12 @@ NEEDS_SERVER = pytest.mark.skipif(
     SERVER is None, reason="no valkey-server or redis-server on PATH (make test installs Debian's redis-server)"
 )
 TERMS = Terms(idle_s=0.4, max_sequences=3, lease_s=1.0)
+_TOKENS = iter(range(10**9))
+
+
+def tok() -> str:
+    """A caller's claim token, new each time."""
+    return f"t{next(_TOKENS)}"
 
 
 def free_port() -> int:
@@ -105,17 +112,17 @@ def states(seed: int) -> bytes:
 def test_a_sequence_starts_goes_on_and_ends(opener: Opener) -> None:
     async def run() -> None:
         async with opened(opener) as store:
-            claim = await store.claim("m:a", start=True)
+            claim = await store.claim("m:a", start=True, token=tok())
             assert claim.states is None
             await store.keep(claim, states(1))
             for seed in (2, 3):
-                claim = await store.claim("m:a", start=False)
+                claim = await store.claim("m:a", start=False, token=tok())
                 assert claim.states == states(seed - 1)  # bit for bit
                 await store.keep(claim, states(seed))
-            claim = await store.claim("m:a", start=False)
+            claim = await store.claim("m:a", start=False, token=tok())
             await store.drop(claim)
             with pytest.raises(UnknownSequence, match="'m:a' is not known"):
-                await store.claim("m:a", start=False)
+                await store.claim("m:a", start=False, token=tok())
 
     asyncio.run(run())
 
@@ -124,13 +131,13 @@ def test_unknown_without_a_start_and_a_start_restarts(opener: Opener) -> None:
     async def run() -> None:
         async with opened(opener) as store:
             with pytest.raises(UnknownSequence):
-                await store.claim("m:new", start=False)
-            claim = await store.claim("m:b", start=True)
+                await store.claim("m:new", start=False, token=tok())
+            claim = await store.claim("m:b", start=True, token=tok())
             await store.keep(claim, states(1))
-            claim = await store.claim("m:b", start=True)
+            claim = await store.claim("m:b", start=True, token=tok())
             assert claim.states is None  # a start begins from no states
             await store.keep(claim, states(2))
-            assert (await store.claim("m:b", start=False)).states == states(2)
+            assert (await store.claim("m:b", start=False, token=tok())).states == states(2)
 
     asyncio.run(run())
 
@@ -138,19 +145,19 @@ def test_unknown_without_a_start_and_a_start_restarts(opener: Opener) -> None:
 def test_one_chunk_at_a_time_and_a_failed_chunk_changes_nothing(opener: Opener) -> None:
     async def run() -> None:
         async with opened(opener) as store:
-            first = await store.claim("m:c", start=True)
+            first = await store.claim("m:c", start=True, token=tok())
             with pytest.raises(BusySequence, match="running another chunk"):
-                await store.claim("m:c", start=True)
+                await store.claim("m:c", start=True, token=tok())
             await store.release(first)  # the first chunk failed: the sequence was never started
             with pytest.raises(UnknownSequence):
-                await store.claim("m:c", start=False)
-            claim = await store.claim("m:c", start=True)
+                await store.claim("m:c", start=False, token=tok())
+            claim = await store.claim("m:c", start=True, token=tok())
             await store.keep(claim, states(1))
-            claim = await store.claim("m:c", start=False)
+            claim = await store.claim("m:c", start=False, token=tok())
             with pytest.raises(BusySequence):
-                await store.claim("m:c", start=False)
+                await store.claim("m:c", start=False, token=tok())
             await store.release(claim)
-            assert (await store.claim("m:c", start=False)).states == states(1)
+            assert (await store.claim("m:c", start=False, token=tok())).states == states(1)
 
     asyncio.run(run())
 
@@ -158,15 +165,15 @@ def test_one_chunk_at_a_time_and_a_failed_chunk_changes_nothing(opener: Opener) 
 def test_a_lapsed_claim_cannot_store_over_a_newer_one(opener: Opener) -> None:
     async def run() -> None:
         async with opened(opener, Terms(idle_s=5, max_sequences=3, lease_s=0.2)) as store:
-            claim = await store.claim("m:d", start=True)
+            claim = await store.claim("m:d", start=True, token=tok())
             await store.keep(claim, states(1))
-            stale = await store.claim("m:d", start=False)
+            stale = await store.claim("m:d", start=False, token=tok())
             await asyncio.sleep(0.3)
-            fresh = await store.claim("m:d", start=False)  # the stale claim lapsed
+            fresh = await store.claim("m:d", start=False, token=tok())  # the stale claim lapsed
             with pytest.raises(BusySequence):
                 await store.keep(stale, states(9))
             await store.keep(fresh, states(2))
-            assert (await store.claim("m:d", start=False)).states == states(2)
+            assert (await store.claim("m:d", start=False, token=tok())).states == states(2)
 
     asyncio.run(run())
 
@@ -174,16 +181,16 @@ def test_a_lapsed_claim_cannot_store_over_a_newer_one(opener: Opener) -> None:
 def test_an_idle_sequence_expires_and_says_so_then_is_forgotten(opener: Opener) -> None:
     async def run() -> None:
         async with opened(opener) as store:
-            claim = await store.claim("m:e", start=True)
+            claim = await store.claim("m:e", start=True, token=tok())
             await store.keep(claim, states(1))
             await asyncio.sleep(TERMS.idle_s + 0.1)
             with pytest.raises(ExpiredSequence, match=r"expired after 0.4 s"):
-                await store.claim("m:e", start=False)
+                await store.claim("m:e", start=False, token=tok())
             with pytest.raises(ExpiredSequence):  # still said, not "unknown"
-                await store.claim("m:e", start=False)
-            claim = await store.claim("m:e", start=True)  # and it can start again
+                await store.claim("m:e", start=False, token=tok())
+            claim = await store.claim("m:e", start=True, token=tok())  # and it can start again
             await store.keep(claim, states(2))
-            assert (await store.claim("m:e", start=False)).states == states(2)
+            assert (await store.claim("m:e", start=False, token=tok())).states == states(2)
 
     asyncio.run(run())
 
@@ -192,13 +199,13 @@ def test_at_most_so_many_live_sequences(opener: Opener) -> None:
     async def run() -> None:
         async with opened(opener) as store:
             for k in range(TERMS.max_sequences):
-                await store.keep(await store.claim(f"m:{k}", start=True), states(k))
+                await store.keep(await store.claim(f"m:{k}", start=True, token=tok()), states(k))
             with pytest.raises(StoreFull, match="3 sequences are live"):
-                await store.claim("m:more", start=True)
-            await store.drop(await store.claim("m:0", start=False))  # one ends: room for another
-            await store.keep(await store.claim("m:more", start=True), states(7))
+                await store.claim("m:more", start=True, token=tok())
+            await store.drop(await store.claim("m:0", start=False, token=tok()))  # one ends: room for another
+            await store.keep(await store.claim("m:more", start=True, token=tok()), states(7))
             await asyncio.sleep(TERMS.idle_s + 0.1)  # idle ones expire and make room
-            await store.keep(await store.claim("m:later", start=True), states(8))
+            await store.keep(await store.claim("m:later", start=True, token=tok()), states(8))
 
     asyncio.run(run())
 
@@ -208,10 +215,10 @@ def test_every_worker_sees_one_store(opener: Opener) -> None:
 
     async def run() -> None:
         async with opened(opener) as one, opened(opener) as two:
-            await one.keep(await one.claim("m:f", start=True), states(1))
+            await one.keep(await one.claim("m:f", start=True, token=tok()), states(1))
             for k in range(2, 8):
                 store = (one, two)[k % 2]
-                claim = await store.claim("m:f", start=False)
+                claim = await store.claim("m:f", start=False, token=tok())
                 assert claim.states == states(k - 1)
                 await store.keep(claim, states(k))
 
@@ -223,7 +230,7 @@ def test_the_shared_store_down_is_unavailable_then_recovers(tmp_path: Path) -> N
     port = free_port()
 
     async def attempt(store: SequenceStore) -> None:
-        await store.keep(await store.claim("m:g", start=True), states(1))
+        await store.keep(await store.claim("m:g", start=True, token=tok()), states(1))
 
     async def run() -> None:
         store = SharedStore(f"redis://127.0.0.1:{port}/0", TERMS, timeout_s=0.5)
@@ -232,9 +239,9 @@ def test_the_shared_store_down_is_unavailable_then_recovers(tmp_path: Path) -> N
                 await attempt(store)
             with valkey(tmp_path, port):
                 await attempt(store)
-                assert (await store.claim("m:g", start=False)).states == states(1)
+                assert (await store.claim("m:g", start=False, token=tok())).states == states(1)
             with pytest.raises(StoreUnavailable):
-                await store.claim("m:g", start=False)
+                await store.claim("m:g", start=False, token=tok())
         finally:
             await store.close()
 
@@ -245,3 +252,59 @@ def test_an_unusable_embedded_store_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(StoreUnavailable, match="cannot be opened"):
         EmbeddedStore(tmp_path / "file" / "sequences.db", TERMS)
+
+
+def test_a_lapsed_end_is_refused_and_the_sequence_lives_on(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener, Terms(idle_s=5, max_sequences=3, lease_s=0.2)) as store:
+            await store.keep(await store.claim("m:h", start=True, token=tok()), states(1))
+            stale = await store.claim("m:h", start=False, token=tok())
+            await asyncio.sleep(0.3)
+            fresh = await store.claim("m:h", start=False, token=tok())
+            with pytest.raises(BusySequence):
+                await store.drop(stale)
+            await store.keep(fresh, states(2))
+            assert (await store.claim("m:h", start=False, token=tok())).states == states(2)
+
+    asyncio.run(run())
+
+
+def test_a_claim_is_released_by_its_token_even_when_its_answer_was_lost(opener: Opener) -> None:
+    """The caller releases by the token it chose, whether or not the claim's answer reached it."""
+
+    async def run() -> None:
+        async with opened(opener) as store:
+            await store.keep(await store.claim("m:i", start=True, token=tok()), states(1))
+            lost = tok()
+            await store.claim("m:i", start=False, token=lost)  # its answer "lost": the caller only has its token
+            await store.release(Claim("m:i", lost, None))
+            assert (await store.claim("m:i", start=False, token=tok())).states == states(1)  # free again, unchanged
+
+    asyncio.run(run())
+
+
+def test_the_embedded_store_waits_for_another_workers_lock_without_blocking(tmp_path: Path) -> None:
+    import sqlite3
+
+    async def run() -> None:
+        store = EmbeddedStore(tmp_path / "sequences.db", TERMS)
+        other = sqlite3.connect(tmp_path / "sequences.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        claim = asyncio.ensure_future(store.claim("m:j", start=True, token=tok()))
+        await asyncio.sleep(0.2)
+        assert not claim.done() and ticks >= 10  # waiting, and the loop runs on
+        other.execute("COMMIT")
+        await store.keep(await claim, states(1))
+        ticker.cancel()
+        await store.close()
+
+    asyncio.run(run())

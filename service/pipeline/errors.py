@@ -81,6 +81,12 @@ class SequenceBusy(ServiceError):
     status = 409
 
 
+class SequencesFull(ServiceError):
+    """As many server-held sequences are live as the store holds."""
+
+    status = 429
+
+
 class StoreDown(ServiceError):
     """The sequence store cannot be reached: nothing is answered from it."""
 

@@ -4,20 +4,24 @@ holds for it, and leaves the states after its last step there for the next chunk
 The store is behind ``service.state.store.SequenceStore``; this module does not know which one it is. Its
 errors become the pipeline's, once: an unknown or expired sequence is invalid input naming the place the
 request named it (422, 400, or close 1007); a sequence running another chunk is ``SequenceBusy`` (409);
-more live sequences than the store holds is ``TooManySequences`` (429); a store out of reach is
-``StoreDown`` (503, nothing answered from it).
+more live sequences than the store holds is ``SequencesFull`` (429); a store out of reach is
+``StoreDown`` (503, nothing answered from it; where and why go to the log, not to the client).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import metrics
 from ..model.batch import Batch
 from ..model.contract import ModelSpec
 from ..state.store import (
@@ -30,11 +34,12 @@ from ..state.store import (
     UnknownSequence,
 )
 from . import jsondata
-from .errors import InvalidInput, Loc, SequenceBusy, StoreDown, TooManySequences, error
+from .errors import InvalidInput, Loc, SequenceBusy, SequencesFull, StoreDown, error
 
 if TYPE_CHECKING:
     from .dataplane import Call, Outcome
 
+log = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
 MAX_ID = 2**64 - 1  # Triton's sequence ids are unsigned 64-bit integers, or strings
 
@@ -92,20 +97,28 @@ def read_ref(reader: jsondata.Reader, value: Any, loc: Loc) -> SequenceRef:
     return SequenceRef(ident, plain.get("start", False), plain.get("end", False), (*loc, "id"))
 
 
+_HEADER = np.dtype([("layers", "<u4"), ("units", "<u4")])
+
+
 def pack(hn: np.ndarray, cn: np.ndarray) -> bytes:
-    """One sequence's final states [L, H] as the store keeps them: h then c, little-endian float32."""
-    return np.concatenate([hn.ravel(), cn.ravel()]).astype("<f4", copy=False).tobytes()
+    """One sequence's final states [L, H] as the store keeps them: their shape, then h and c as little-endian
+    float32."""
+    header = np.array([hn.shape], dtype=_HEADER).tobytes()
+    return header + np.concatenate([hn.ravel(), cn.ravel()]).astype("<f4", copy=False).tobytes()
 
 
 def unpack(blob: bytes, spec: ModelSpec, ref: SequenceRef) -> tuple[np.ndarray, np.ndarray]:
-    """h0 and c0 [L, 1, H] from the store's bytes, exactly as they were written."""
-    shape = (spec.num_layers, 1, spec.hidden_size)
-    size = 2 * spec.num_layers * spec.hidden_size * 4
-    if len(blob) != size:
+    """h0 and c0 [L, 1, H] from the store's bytes, exactly as they were written; refused when the sequence
+    was run on a model of another shape (another version, say)."""
+    layers, units = spec.num_layers, spec.hidden_size
+    head = _HEADER.itemsize
+    stored = tuple(np.frombuffer(blob[:head], dtype=_HEADER)[0]) if len(blob) >= head else None
+    if stored != (layers, units) or len(blob) != head + 2 * layers * units * 4:
         msg = f"Sequence {ref.id!r} holds states of another shape than this model's: start it again"
         raise InvalidInput([error(ref.loc, msg, "sequence_shape")])
-    states = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    states = np.frombuffer(blob, dtype="<f4", offset=head).astype(np.float32)
     half = states.size // 2
+    shape = (layers, 1, units)
     return states[:half].reshape(shape).copy(), states[half:].reshape(shape).copy()
 
 
@@ -113,32 +126,39 @@ def unpack(blob: bytes, spec: ModelSpec, ref: SequenceRef) -> tuple[np.ndarray, 
 class Sequences:
     store: SequenceStore
 
+    def __post_init__(self) -> None:
+        self._tokens = itertools.count()
+        self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
+
     async def run(self, call: Call[Any], spec: ModelSpec, infer: Callable[[Call[Any]], Awaitable[Outcome]]) -> Outcome:
         ref = call.sequence
         assert ref is not None and call.batch.size == 1  # rules.sequence_batch saw to it
-        try:
-            claim = await self.store.claim(ref.key(spec), ref.start)
-        except (UnknownSequence, ExpiredSequence, BusySequence, StoreFull, StoreUnavailable) as e:
-            raise self._error(e, ref) from None
+        claim = Claim(ref.key(spec), f"{self._prefix}{next(self._tokens)}", None)
         done = False
         try:
+            try:
+                claim = await self.store.claim(claim.key, ref.start, claim.token)
+            except (UnknownSequence, ExpiredSequence, BusySequence, StoreFull):
+                done = True  # refused: nothing was claimed
+                raise
             batch = call.batch
             if claim.states is not None:
                 h0, c0 = unpack(claim.states, spec, ref)
                 batch = Batch(batch.x, h0, c0)
             outcome = await infer(replace(call, batch=batch))
             result = outcome.results[0]
-            try:
-                if ref.end:
-                    await self.store.drop(claim)
-                else:
-                    await self.store.keep(claim, pack(result.hn, result.cn))
-            except (BusySequence, StoreUnavailable) as e:  # busy: the claim lapsed and another chunk took over
-                raise self._error(e, ref) from None
+            if ref.end:
+                await self.store.drop(claim)
+            else:
+                await self.store.keep(claim, pack(result.hn, result.cn))
             done = True
             return outcome
+        except (UnknownSequence, ExpiredSequence, BusySequence, StoreFull, StoreUnavailable) as e:
+            raise self._error(e, ref) from None
         finally:
-            if not done:  # the chunk failed, or its request was cancelled: the sequence stays as it was
+            if not done:
+                # The chunk failed, or its request was cancelled, perhaps with the claim's answer still on its way:
+                # released by its token (a no-op where it took nothing), the sequence stays as it was.
                 await asyncio.shield(_release(self.store, claim))
 
     def _error(self, e: Exception, ref: SequenceRef) -> Exception:
@@ -154,8 +174,10 @@ class Sequences:
             return SequenceBusy(f"Sequence {name} is running another chunk: send the next when it is answered")
         if isinstance(e, StoreFull):
             limit = self.store.terms.max_sequences
-            return TooManySequences(f"{limit} sequences are live, the most this server holds: end one, or retry later")
-        return StoreDown(str(e))
+            return SequencesFull(f"{limit} sequences are live, the most this server holds: end one, or retry later")
+        log.warning("sequence store unavailable: %s", e)  # where and why, for the operator; not for the client
+        metrics.REJECTED.labels("store_down").inc()
+        return StoreDown("The sequence store cannot be reached; retry shortly")
 
 
 async def _release(store: SequenceStore, claim: Claim) -> None:

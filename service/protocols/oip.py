@@ -26,7 +26,7 @@ from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, ServiceError, error
 from ..pipeline.rules import Limits
-from ..pipeline.sequences import SequenceRef
+from ..pipeline.sequences import SequenceRef, sequence_id
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -45,11 +45,12 @@ class _Parameters(BaseModel):
 
 class RequestParameters(_Parameters):
     binary_data_output: StrictBool | None = Field(default=None, description="Every output as binary data.")
-    sequence_id: (
-        Annotated[StrictInt, Field(ge=1, le=2**64 - 1)]
-        | Annotated[StrictStr, Field(min_length=1, max_length=256)]
-        | None
-    ) = Field(default=None, description="Triton's sequence extension: the server-held sequence of this chunk.")
+    sequence_id: Any = Field(
+        default=None,
+        description="Triton's sequence extension: the server-held sequence of this chunk, an unsigned integer or a "
+        "string (checked by service.pipeline.sequences).",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]},
+    )
     sequence_start: StrictBool | None = Field(default=None, description="This chunk starts (or restarts) it.")
     sequence_end: StrictBool | None = Field(default=None, description="This chunk ends it.")
 
@@ -150,7 +151,8 @@ def _sequence(parameters: RequestParameters | None) -> SequenceRef | None:
             if getattr(p, flag):
                 raise InvalidInput([error(("parameters", flag), f"{flag} needs a sequence_id", "missing")])
         return None
-    return SequenceRef(p.sequence_id, bool(p.sequence_start), bool(p.sequence_end), ("parameters", "sequence_id"))
+    loc = ("parameters", "sequence_id")
+    return SequenceRef(sequence_id(p.sequence_id, loc), bool(p.sequence_start), bool(p.sequence_end), loc)
 
 
 class OipCodec:

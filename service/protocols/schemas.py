@@ -10,13 +10,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..pipeline.sequences import MAX_ID, MAX_ID_CHARS
+
 Tensor3 = list[list[list[float]]]
 
 
 class SequenceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: Annotated[int, Field(ge=1, le=2**64 - 1)] | Annotated[str, Field(min_length=1, max_length=256)] = Field(
+    id: Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)] = Field(
         description="The sequence: an unsigned integer or a string, the client's own."
     )
     start: bool = Field(default=False, description="This chunk starts (or restarts) it, from `h0`/`c0` or zeros.")

@@ -41,6 +41,7 @@ from ..pipeline.errors import (
     Overloaded,
     PayloadTooLarge,
     SequenceBusy,
+    SequencesFull,
     ServiceError,
     StoreDown,
     TooManySequences,
@@ -59,6 +60,7 @@ CLOSE_CODES: dict[type[ServiceError], int] = {
     Overloaded: TRY_LATER,
     NotReady: TRY_LATER,
     StoreDown: TRY_LATER,
+    SequencesFull: TRY_LATER,
     SequenceBusy: TRY_LATER,
     DeadlineExceeded: TRY_LATER,
     UnknownModel: POLICY,
@@ -132,6 +134,9 @@ class StreamCodec:
         errors += [error((k,), "Input should be a valid boolean", "bool_type") for k in not_bool]
         if errors:
             raise InvalidInput(errors)
+        if "sequence" in keys and (flags.get("reset") is True or flags.get("state") is True):
+            msg = "reset and state act on the connection's streams; a server-held sequence ends with end"
+            raise InvalidInput([error(("sequence",), msg, "sequence_flags")])
         if flags.get("reset") is True or flags.get("state") is True:
             if flags.get("state") is True and name not in self.streams:
                 raise InvalidInput([error(("stream",), f"no stream {name!r} on this connection", "unknown_stream")])

@@ -4,14 +4,14 @@ Nothing to install (SQLite comes with Python). By default the file lives in a fo
 service`` makes for the server's life; with ``LSTM_STATE_URL=sqlite:///path/to/file.db`` it is kept
 there and a restarted server goes on where it stopped. Write-ahead logging lets workers read while one
 writes; each operation is one short transaction (``BEGIN IMMEDIATE``: the check and the claim cannot
-interleave with another worker's), run on the event loop: a few tens of microseconds, less than a hand-off
-to a thread would cost.
+interleave with another worker's), run on the event loop, which a lock held by another worker never
+blocks (it is waited for in short sleeps). Starting a sequence counts the live ones: with many thousands
+live, that count is the store's slowest step (milliseconds), and Valkey scales further.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -28,8 +28,10 @@ CREATE TABLE IF NOT EXISTS sequences (
     token TEXT
 );
 CREATE INDEX IF NOT EXISTS sequences_used ON sequences (status, used);
+CREATE INDEX IF NOT EXISTS sequences_idle ON sequences (used);
 """
 SWEEP_EVERY_S = 10.0  # tombstones and long-idle rows are deleted at most this often
+LOCK_WAIT_S = 2.0  # how long a chunk waits for another worker's write before the store counts as unavailable
 
 
 class EmbeddedStore:
@@ -38,24 +40,22 @@ class EmbeddedStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            # timeout 0: a lock held by another worker is waited for below, without blocking the event loop
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise StoreUnavailable(f"the sequence store {path} cannot be opened: {e}") from None
-        self._tokens = itertools.count()
-        self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
         self._swept = 0.0
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db, self.path)
 
-    async def claim(self, key: str, start: bool) -> Claim:
+    async def claim(self, key: str, start: bool, token: str) -> Claim:
         now = time.time()
-        token = f"{self._prefix}{next(self._tokens)}"
         t = self.terms
-        with self._transaction() as db:
+        async with self._transaction() as db:
             if now - self._swept > SWEEP_EVERY_S:
                 self._swept = now
                 db.execute("DELETE FROM sequences WHERE used < ? AND claimed_until < ?", (now - 2 * t.idle_s, now))
@@ -73,7 +73,7 @@ class EmbeddedStore:
                     raise expired(key, t.idle_s)
             elif not live:
                 count = db.execute(
-                    "SELECT COUNT(*) FROM sequences WHERE status != 'expired' AND used >= ?", (now - t.idle_s,)
+                    "SELECT COUNT(*) FROM sequences WHERE status IN ('new', 'live') AND used >= ?", (now - t.idle_s,)
                 ).fetchone()[0]
                 if count >= t.max_sequences:
                     raise full(key, t.max_sequences)
@@ -92,7 +92,7 @@ class EmbeddedStore:
         return Claim(key, token, states)
 
     async def keep(self, claim: Claim, states: bytes) -> None:
-        with self._transaction() as db:
+        async with self._transaction() as db:
             done = db.execute(
                 "UPDATE sequences SET status = 'live', states = ?, used = ?, claimed_until = 0, token = NULL "
                 "WHERE key = ? AND token = ?",
@@ -102,11 +102,13 @@ class EmbeddedStore:
             raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 
     async def drop(self, claim: Claim) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM sequences WHERE key = ? AND token = ?", (claim.key, claim.token))
+        async with self._transaction() as db:
+            done = db.execute("DELETE FROM sequences WHERE key = ? AND token = ?", (claim.key, claim.token)).rowcount
+        if not done:
+            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 
     async def release(self, claim: Claim) -> None:
-        with self._transaction() as db:
+        async with self._transaction() as db:
             db.execute("DELETE FROM sequences WHERE key = ? AND token = ? AND status = 'new'", (claim.key, claim.token))
             db.execute(
                 "UPDATE sequences SET claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
@@ -118,22 +120,31 @@ class EmbeddedStore:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (the store's own errors commit what was written before them, as a
-    tombstone must be; anything else rolls back); SQLite's failures become ``StoreUnavailable``."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``. Another worker's write lock is waited for with the event loop free
+    (short sleeps, up to ``LOCK_WAIT_S``); the store's own errors commit what was written before them, as a
+    tombstone must be; anything else rolls back. SQLite's failures become ``StoreUnavailable``."""
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db, self.path = db, path
 
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"the sequence store {self.path} is not usable: {e}") from None
-        return self.db
+    async def __aenter__(self) -> sqlite3.Connection:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        pause = 0.0005
+        while True:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                return self.db
+            except sqlite3.OperationalError as e:
+                if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                    raise StoreUnavailable(f"the sequence store {self.path} is not usable: {e}") from None
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"the sequence store {self.path} is not usable: {e}") from None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         try:
-            if kind is None or (exc is not None and isinstance(exc, SequenceError)):
+            if kind is None or isinstance(exc, SequenceError):
                 self.db.execute("COMMIT")
             else:
                 self.db.execute("ROLLBACK")

@@ -8,9 +8,6 @@ is one Lua script: atomic on the server, one round trip, and one clock (the serv
 
 from __future__ import annotations
 
-import itertools
-import os
-
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -80,23 +77,27 @@ end
 return 1
 """
 PREFIX = "lstm:"
+MAX_CONNECTIONS = 64  # per worker: a burst of chunks waits for a connection rather than open thousands
 
 
 class SharedStore:
     def __init__(self, url: str, terms: Terms, timeout_s: float = 2.0) -> None:
         self.terms = terms
         self.url = url
-        self.client = aioredis.Redis.from_url(
-            url.replace("valkey://", "redis://", 1),
+        for ours, theirs in (("valkey://", "redis://"), ("valkeys://", "rediss://")):
+            if url.startswith(ours):
+                url = theirs + url.removeprefix(ours)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            decode_responses=False,
         )
+        self.client = aioredis.Redis(connection_pool=pool, decode_responses=False)
         self._claim, self._keep, self._drop, self._release = (
             self.client.register_script(s) for s in (CLAIM, KEEP, DROP, RELEASE)
         )
-        self._tokens = itertools.count()
-        self._token_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
         self.prefix = PREFIX  # of every key this store writes
 
     def _keys(self, key: str) -> list[str]:
@@ -109,11 +110,10 @@ class SharedStore:
             raise StoreUnavailable(f"the sequence store at {self._where()} is not reachable: {e}") from None
 
     def _where(self) -> str:
-        return self.url.split("@")[-1]  # never the password
+        return self.url.split("@")[-1].split("?")[0]  # never a password
 
-    async def claim(self, key: str, start: bool) -> Claim:
+    async def claim(self, key: str, start: bool, token: str) -> Claim:
         t = self.terms
-        token = f"{self._token_prefix}{next(self._tokens)}"
         args = [key, int(start), token, int(t.idle_s * 1000), t.max_sequences, int(t.lease_s * 1000)]
         answer = await self._run(self._claim, self._keys(key), args)
         assert isinstance(answer, list)
@@ -134,10 +134,11 @@ class SharedStore:
             raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 
     async def drop(self, claim: Claim) -> None:
-        await self._run(self._drop, self._keys(claim.key), [claim.key, claim.token])
+        if not await self._run(self._drop, self._keys(claim.key), [claim.key, claim.token]):
+            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 
     async def release(self, claim: Claim) -> None:
         await self._run(self._release, self._keys(claim.key), [claim.key, claim.token])
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)

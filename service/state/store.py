@@ -2,10 +2,11 @@
 
 A sequence is a key (the model's name and the client's sequence id) holding the LSTM states after the
 last chunk it ran, as opaque bytes (``h`` then ``c``, float32, read back bit for bit). One chunk at a
-time: ``claim`` takes the sequence for one chunk and returns its states (None for a sequence that
-starts), then exactly one of ``keep`` (store the new states), ``drop`` (the sequence ended) or
-``release`` (the chunk failed: nothing changes). A claim lapses after ``lease_s``, so that a worker
-that died mid-chunk does not hold its sequence for ever.
+time: ``claim`` takes the sequence for one chunk under the caller's token and returns its states (None
+for a sequence that starts), then exactly one of ``keep`` (store the new states), ``drop`` (the sequence
+ended) or ``release`` (the chunk failed: nothing changes). The token is the caller's, so that a claim whose
+answer was lost (a deadline, a dropped connection) can still be released by it. A claim lapses after
+``lease_s``, so that a worker that died mid-chunk does not hold its sequence for ever.
 
 Semantics every store keeps (``tests/test_state.py`` runs each store through them):
 
@@ -73,7 +74,7 @@ class Terms:
 class SequenceStore(Protocol):
     terms: Terms
 
-    async def claim(self, key: str, start: bool) -> Claim: ...
+    async def claim(self, key: str, start: bool, token: str) -> Claim: ...
 
     async def keep(self, claim: Claim, states: bytes) -> None: ...
 
