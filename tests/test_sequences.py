@@ -180,3 +180,38 @@ def test_a_websocket_stream_resumes_its_sequence_on_a_new_connection(c: TestClie
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
     assert closed.value.code == 1007 and closed.value.reason.startswith("sequence.id: Sequence 'ws-resume'")
+
+
+def test_a_sequence_goes_on_only_on_the_model_version_it_started_on(settings: Settings, tmp_path: Any) -> None:
+    """Another version's weights would silently carry the old states on: the sequence is not theirs."""
+    import shutil
+
+    repo = tmp_path / "models"
+    shutil.copytree(settings.model_repository, repo)
+    shutil.copytree(repo / "tiny" / "1", repo / "tiny" / "2")
+    with app_client(settings, model_repository=repo) as c:
+        x = [[0.5, 11.1, 4.4, 2.8]] * 3
+        start = {"inputs": [x], "sequence": {"id": "versioned", "start": True}}
+        assert c.post("/v1/models/tiny/versions/1/predict", json=start).status_code == 200
+        go_on = {"inputs": [x], "sequence": {"id": "versioned"}}
+        assert c.post("/v1/models/tiny/versions/1/predict", json=go_on).status_code == 200
+        r = c.post("/v1/models/tiny/versions/2/predict", json=go_on)
+        assert r.status_code == 422 and "is not known" in r.json()["detail"][0]["msg"]
+
+
+def test_no_model_name_or_id_spells_another_ones_key() -> None:
+    from service.model.contract import ModelSpec
+    from service.pipeline.sequences import SequenceRef
+
+    def spec(name: str, version: str = "1") -> ModelSpec:
+        return ModelSpec(name, version, 4, 1, 8, 2, ["a", "b", "c", "d"], ["y"], metadata={})
+
+    keys = {
+        SequenceRef("foo").key(spec("w:s")),
+        SequenceRef("s:foo").key(spec("w")),
+        SequenceRef(5).key(spec("w")),
+        SequenceRef("5").key(spec("w")),
+        SequenceRef(5).key(spec("w", "2")),
+        SequenceRef('5"]').key(spec("w")),
+    }
+    assert len(keys) == 6

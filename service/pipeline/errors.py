@@ -79,6 +79,7 @@ class SequenceBusy(ServiceError):
     """A chunk of a server-held sequence came while another chunk of it runs."""
 
     status = 409
+    headers = {"Retry-After": "1"}  # noqa: RUF012
 
 
 class SequencesFull(ServiceError):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from .. import metrics
 from ..model.batch import Batch
@@ -55,8 +56,10 @@ class SequenceRef:
     loc: Loc = ("sequence", "id")
 
     def key(self, spec: ModelSpec) -> str:
-        """The store's key: the model's name, and the id (integers and strings kept apart)."""
-        return f"{spec.name}:{'u' if isinstance(self.id, int) else 's'}:{self.id}"
+        """The store's key: the model's name and version (a sequence goes on with the weights it started on;
+        another version's states are not its states), and the id, integers and strings kept apart. As JSON,
+        so that no name or id can spell another's key."""
+        return orjson.dumps([spec.name, spec.version, "u" if isinstance(self.id, int) else "s", str(self.id)]).decode()
 
 
 def sequence_id(value: Any, loc: Loc) -> int | str:

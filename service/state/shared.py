@@ -9,6 +9,8 @@ is one Lua script: atomic on the server, one round trip, and one clock (the serv
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .store import Claim, StoreUnavailable, Terms, busy, expired, full, unknown
@@ -94,7 +96,8 @@ class SharedStore:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
         )
-        self.client = aioredis.Redis(connection_pool=pool, decode_responses=False)
+        # No retries: a script sent before a timeout may still run, and a chunk's scripts must not run twice.
+        self.client = aioredis.Redis(connection_pool=pool, decode_responses=False, retry=Retry(NoBackoff(), 0))
         self._claim, self._keep, self._drop, self._release = (
             self.client.register_script(s) for s in (CLAIM, KEEP, DROP, RELEASE)
         )
