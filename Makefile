@@ -41,7 +41,7 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy service training lstm_client
-	$(BIN)/hadolint Dockerfile docker/train.Dockerfile
+	$(BIN)/hadolint Dockerfile docker/train.Dockerfile docker/valkey.Dockerfile
 
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff check --fix .

@@ -20,7 +20,7 @@ cleanup() { "$compose" down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 log "hadolint"
-.venv/bin/hadolint Dockerfile docker/train.Dockerfile
+.venv/bin/hadolint Dockerfile docker/train.Dockerfile docker/valkey.Dockerfile
 
 log "build the slim CPU image"
 LSTM_ONNXRUNTIME=cpu "$compose" build lstm
@@ -51,12 +51,26 @@ import importlib.util as u; assert u.find_spec("nvidia") is None, "CUDA wheels i
   || fail "the slim image holds CUDA libraries"
 
 log "checks from outside the container"
-LSTM_URL="http://127.0.0.1:$port" "$py" -m pytest -q -p no:cacheprovider docker/test_stack.py
+LSTM_URL="http://127.0.0.1:$port" "$py" -m pytest -q -p no:cacheprovider docker/test_stack.py -k "not sequence"
 
 log "the process runs as non-root"
 uid=$("$compose" exec -T lstm id -u)
 [ "$uid" != "0" ] || fail "the service runs as root"
 echo "uid $uid"
+
+log "server-held sequences in the compose Valkey (profile shared-state), across a restart of the service"
+valkey_port=$((port + 3))
+export LSTM_VALKEY_BIND=127.0.0.1 LSTM_VALKEY_PORT=$valkey_port
+COMPOSE_ARGS="--profile shared-state" "$compose" up -d --build --wait --wait-timeout 120 valkey
+export LSTM_STATE_URL="redis://127.0.0.1:$valkey_port/0"
+"$compose" up -d --wait --wait-timeout 180 lstm
+LSTM_URL="http://127.0.0.1:$port" LSTM_STACK_SEQUENCE=start "$py" -m pytest -q -p no:cacheprovider \
+  docker/test_stack.py -k sequence
+"$compose" restart lstm
+"$compose" up -d --wait --wait-timeout 180 lstm
+LSTM_URL="http://127.0.0.1:$port" LSTM_STACK_SEQUENCE=finish "$py" -m pytest -q -p no:cacheprovider \
+  docker/test_stack.py -k sequence
+unset LSTM_STATE_URL
 
 log "stop: SIGTERM, graceful drain, exit 0"
 container=$("$compose" ps -q lstm)

@@ -77,3 +77,20 @@ def test_bad_input_is_422_and_the_service_goes_on(http: httpx.Client) -> None:
     answer = http.post("/predict", json={"inputs": [[]]})
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "inputs", 0]
     assert http.get("/health/ready").status_code == 200
+
+
+def test_a_sequence_in_the_shared_store_survives_a_restart(http: httpx.Client, rows: np.ndarray) -> None:
+    """Run twice by docker/test.sh, with the service on the compose Valkey: ``start`` sends the first chunks of
+    a server-held sequence; the service is restarted; ``finish`` sends the rest, and the whole equals one call."""
+    phase = os.environ["LSTM_STACK_SEQUENCE"]
+    x = rows[100:160].tolist()
+    first, rest = x[:25], x[25:]
+    if phase == "start":
+        http.post("/predict", json={"inputs": [x[:1]], "sequence": {"id": "stack", "end": True}})  # a leftover ends
+        answer = http.post("/predict", json={"inputs": [first], "sequence": {"id": "stack", "start": True}})
+        assert answer.status_code == 200, answer.text
+        return
+    answer = http.post("/predict", json={"inputs": [rest], "sequence": {"id": "stack", "end": True}})
+    assert answer.status_code == 200, answer.text  # the states were in the store, not in the restarted service
+    whole = http.post("/predict", json={"inputs": [x]}).json()["outputs"][0]
+    np.testing.assert_allclose(answer.json()["outputs"][0], whole[25:], rtol=0, atol=1e-5)
