@@ -16,7 +16,9 @@ docker info >/dev/null 2>&1 || fail "the Docker engine does not answer"
 
 # Inside the stack: loopback only, on a port of its own (the host's network is shared).
 export LSTM_HOST=127.0.0.1 LSTM_PORT=$port COMPOSE_PROJECT_NAME=lstm-docker-test
-cleanup() { "$compose" down -v --remove-orphans >/dev/null 2>&1 || true; }
+# Down with every profile the test brings up (a service of a profile not named is left running).
+down() { COMPOSE_ARGS="--profile shared-state" "$compose" down -v --remove-orphans; }
+cleanup() { down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 log "hadolint"
@@ -117,6 +119,6 @@ rm -rf "$out"
 log "image sizes"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep '^lstm-service:'
 
-"$compose" down -v --remove-orphans
+down
 trap - EXIT
 printf '\ndocker-test passed\n'
