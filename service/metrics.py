@@ -59,9 +59,9 @@ MODEL_INFO = Gauge(
 )
 
 
-def answered(path: str, status: int, seconds: float) -> None:
-    """Count one answered HTTP request and its time."""
-    count, latency = _request_series(route_label(path), status)
+def answered(route: str, status: int, seconds: float) -> None:
+    """Count one answered HTTP request and its time; ``route`` as ``route_label`` gives it."""
+    count, latency = _request_series(route, status)
     count.inc()
     latency.observe(seconds)
 

@@ -64,10 +64,8 @@ class SequenceRef:
 
 def sequence_id(value: Any, loc: Loc) -> int | str:
     """A sequence id as the protocols take it: an integer in 1..2**64-1, or a string of 1 to 256 characters."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if 1 <= value <= MAX_ID:
-            return value
-        raise InvalidInput([error(loc, f"A sequence id is an integer in 1..{MAX_ID} or a string", "sequence_id")])
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
+        return value
     if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
         return value
     msg = f"A sequence id is an integer in 1..{MAX_ID} or a string of 1 to {MAX_ID_CHARS} characters"

@@ -154,8 +154,7 @@ class StreamCodec:
             # A server-held sequence: the store keeps its states, not this connection, so any connection (after a
             # disconnect, or a restart) resumes it.
             ref = sequences.read_ref(reader, msg["sequence"], ("sequence",))
-            h0, c0 = (given.get("h0"), given.get("c0")) if given else spec.zero_states(1)
-            batch = rules.batch([x], h0, c0, spec, limits, PLACES)
+            batch = rules.batch([x], given.get("h0"), given.get("c0"), spec, limits, PLACES)  # none given: zeros
             rules.sequence_batch(batch, ref, bool(given), PLACES)
             return Call(batch, context=Message(name, "sequence"), sequence=ref)
         if name not in self.streams and len(self.streams) >= self.max_streams:

@@ -108,13 +108,12 @@ class AccessLog:
                 self.flush(stream)
 
     def flush(self, stream: Any) -> None:
-        lines, self.lines = self.lines, []
-        if not lines:
-            return
+        text, self.lines = b"".join(self.lines), []
         try:
-            stream.buffer.write(b"".join(lines)) if hasattr(stream, "buffer") else stream.write(
-                b"".join(lines).decode()
-            )
+            if hasattr(stream, "buffer"):  # a text stream: its bytes underneath, no decoding
+                stream.buffer.write(text)
+            else:
+                stream.write(text.decode())
             stream.flush()
         except (OSError, ValueError):  # the stream is gone (closed at exit): the lines are lost, as logging's would be
             pass

@@ -69,15 +69,16 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
+            route = metrics.route_label(scope["path"])  # bounded: a label, never the client's path
             client_left = scope["state"].get(CLIENT_LEFT)
             if client_left is not None and client_left():
                 status = CLIENT_CLOSED_REQUEST  # whatever was sent, nobody received it
             if self.metrics_on:
-                metrics.answered(scope["path"], status, elapsed)
+                metrics.answered(route, status, elapsed)
             access(
                 request_id=request_id,
                 method=scope["method"],
-                path=metrics.route_label(scope["path"]),
+                path=route,
                 status=status,
                 duration_ms=round(elapsed * 1000, 3),
                 client=(scope.get("client") or ("", 0))[0],
