@@ -308,3 +308,35 @@ def test_the_embedded_store_waits_for_another_workers_lock_without_blocking(tmp_
         await store.close()
 
     asyncio.run(run())
+
+
+def test_workers_starting_together_all_open_the_embedded_store(tmp_path: Path) -> None:
+    """Every worker of a server opens the file at the same start; one setting it up must not fail another."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "sequences.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another worker is setting the new file up
+    opened: list[EmbeddedStore] = []
+    opening = threading.Thread(target=lambda: opened.append(EmbeddedStore(path, TERMS)))
+    opening.start()
+    opening.join(0.3)
+    assert opening.is_alive()  # waiting for the other worker, not failing
+    other.execute("COMMIT")
+    opening.join(5)
+    assert len(opened) == 1
+
+    async def run() -> None:
+        store = opened[0]
+        other.execute("BEGIN IMMEDIATE")  # once open, a lock is waited for without blocking (as above)
+        began = time.monotonic()
+        claim = asyncio.ensure_future(store.claim("m:k", start=True, token=tok()))
+        await asyncio.sleep(0.05)
+        assert not claim.done() and time.monotonic() - began < 0.5
+        other.execute("COMMIT")
+        await store.keep(await claim, states(1))
+        await store.close()
+
+    asyncio.run(run())
+    other.close()

@@ -31,6 +31,7 @@ CREATE INDEX IF NOT EXISTS sequences_used ON sequences (status, used);
 CREATE INDEX IF NOT EXISTS sequences_idle ON sequences (used);
 """
 SWEEP_EVERY_S = 10.0  # tombstones and long-idle rows are deleted at most this often
+OPEN_WAIT_S = 10.0  # how long opening the file waits for the other workers setting it up at the same start
 LOCK_WAIT_S = 2.0  # how long a chunk waits for another worker's write before the store counts as unavailable
 
 
@@ -40,11 +41,13 @@ class EmbeddedStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # timeout 0: a lock held by another worker is waited for below, without blocking the event loop
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
+            # Workers start together and each sets the file up: at start, another's lock is waited for here
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT_S)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            # then never: a lock held by another worker is waited for in _Transaction, the event loop free
+            self.db.execute("PRAGMA busy_timeout = 0")
         except (OSError, sqlite3.Error) as e:
             raise StoreUnavailable(f"the sequence store {path} cannot be opened: {e}") from None
         self._swept = 0.0
