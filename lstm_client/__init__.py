@@ -8,13 +8,26 @@
             for chunk in chunks:
                 outputs = stream.send(chunk)          # [steps, outputs]; states carried for you
 
+        seq = client.sequence()                       # the states kept by the server, for any replica
+        for chunk in chunks:
+            outputs = seq.send(chunk, end=chunk is chunks[-1])  # numbered: a retry is never applied twice
+
 ``AsyncClient`` and ``AsyncStream`` do the same with ``await``. ``stream(transport="websocket")``
 keeps the states on the server (one connection per stream) instead of sending them each time.
+
+Requests that get no answer (a dropped connection, a timeout), a 502/503/504, or a 409 that says to retry
+(``Retry-After``) are sent again, up to ``retries`` times with growing pauses: every request this client
+makes is safe to repeat (a prediction is a pure function of its inputs and states, and a server-held
+sequence's chunks are numbered, so the server answers a repeat without applying it twice).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +89,32 @@ class ServiceError(RuntimeError):
         self.status, self.detail = status, detail
 
 
+RETRY_STATUSES = (502, 503, 504)
+
+
+def _pause(answer: httpx.Response | None, attempt: int, retries: int) -> float | None:
+    """How long to wait before sending a request again (no answer, or one that says to retry), or None when
+    what came back is final."""
+    if attempt >= retries:
+        return None
+    backoff = 0.05 * 2.0**attempt
+    if answer is None:
+        return backoff
+    asked = answer.headers.get("retry-after")
+    if answer.status_code not in RETRY_STATUSES and not (answer.status_code == 409 and asked):
+        return None
+    with contextlib.suppress(ValueError):
+        return min(float(asked), 5.0) if asked else backoff
+    return backoff
+
+
+def _final(answer: httpx.Response | None, failure: Exception | None) -> httpx.Response:
+    if answer is None:
+        assert failure is not None
+        raise failure
+    return answer
+
+
 class _Base:
     def __init__(
         self,
@@ -85,9 +124,11 @@ class _Base:
         version: str | None = None,
         api_key: str | None = None,
         timeout: float = 30.0,
+        retries: int = 3,
     ) -> None:
         self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.retries = retries
 
     def _ws_url(self, model: str) -> str:
         return self.url.replace("http", "ws", 1) + f"/v1/models/{model}/stream"
@@ -104,7 +145,25 @@ class Client(_Base):
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
     ) -> Prediction:
         """A batch of sequences ([batch][steps][features]) with optional states ([batch][layers][hidden])."""
-        return _prediction(self.http.post(_predict_path(self.model, self.version), json=_body(inputs, h0, c0)))
+        return _prediction(self._post(_body(inputs, h0, c0)))
+
+    def _post(self, body: dict[str, Any]) -> httpx.Response:
+        """POST to the model's predict route, sent again while the answer says to (see the module's text)."""
+        for attempt in itertools.count():
+            answer, failure = None, None
+            try:
+                answer = self.http.post(_predict_path(self.model, self.version), json=body)
+            except httpx.TransportError as e:
+                failure = e
+            pause = _pause(answer, attempt, self.retries)
+            if pause is None:
+                return _final(answer, failure)
+            time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def sequence(self, sequence_id: int | str | None = None) -> HeldSequence:
+        """A long sequence whose states the server keeps (any worker or replica); a new id when none is given."""
+        return HeldSequence(self, sequence_id)
 
     def default_model(self) -> str:
         return str(self.http.get("/v1/models").raise_for_status().json()["default"]["name"])
@@ -178,6 +237,37 @@ class Stream(_Carried):
         self.close()
 
 
+class _Held:
+    """A server-held sequence's id and the number of its next chunk."""
+
+    def __init__(self, sequence_id: int | str | None) -> None:
+        self.id = sequence_id if sequence_id is not None else f"lstm-client-{os.urandom(12).hex()}"
+        self.chunk = 0
+
+    def _body(self, chunk: ArrayLike, end: bool) -> dict[str, Any]:
+        body = _body([chunk], None, None)
+        body["sequence"] = {"id": self.id, "start": self.chunk == 0, "end": end, "chunk": self.chunk}
+        return body
+
+    def _next(self, answer: httpx.Response) -> np.ndarray:
+        outputs = _prediction(answer).outputs[0]
+        self.chunk += 1
+        return outputs
+
+
+class HeldSequence(_Held):
+    """One long sequence sent chunk by chunk; the server keeps its states. ``end=True`` on the last chunk
+    ends it at once; otherwise the server lets it expire after its idle time."""
+
+    def __init__(self, client: Client, sequence_id: int | str | None = None) -> None:
+        super().__init__(sequence_id)
+        self.client = client
+
+    def send(self, chunk: ArrayLike, end: bool = False) -> np.ndarray:
+        """The next chunk ([steps][features]); returns its outputs [steps, outputs]."""
+        return self._next(self.client._post(self._body(chunk, end)))
+
+
 class AsyncClient(_Base):
     """Asynchronous client."""
 
@@ -188,8 +278,23 @@ class AsyncClient(_Base):
     async def predict(
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
     ) -> Prediction:
-        path = _predict_path(self.model, self.version)
-        return _prediction(await self.http.post(path, json=_body(inputs, h0, c0)))
+        return _prediction(await self._post(_body(inputs, h0, c0)))
+
+    async def _post(self, body: dict[str, Any]) -> httpx.Response:
+        for attempt in itertools.count():
+            answer, failure = None, None
+            try:
+                answer = await self.http.post(_predict_path(self.model, self.version), json=body)
+            except httpx.TransportError as e:
+                failure = e
+            pause = _pause(answer, attempt, self.retries)
+            if pause is None:
+                return _final(answer, failure)
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def sequence(self, sequence_id: int | str | None = None) -> AsyncHeldSequence:
+        return AsyncHeldSequence(self, sequence_id)
 
     async def default_model(self) -> str:
         return str((await self.http.get("/v1/models")).raise_for_status().json()["default"]["name"])
@@ -242,3 +347,14 @@ class AsyncStream(_Carried):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class AsyncHeldSequence(_Held):
+    """``HeldSequence`` with ``await``."""
+
+    def __init__(self, client: AsyncClient, sequence_id: int | str | None = None) -> None:
+        super().__init__(sequence_id)
+        self.client = client
+
+    async def send(self, chunk: ArrayLike, end: bool = False) -> np.ndarray:
+        return self._next(await self.client._post(self._body(chunk, end)))

@@ -71,3 +71,110 @@ def test_errors_and_model_selection(url: str) -> None:
     with Client(url, model="nope") as client, pytest.raises(ServiceError) as missing:
         client.predict([[[0.0, 10.0, 5.0, 3.0]]])
     assert missing.value.status == 404
+
+
+class LosingTransport(httpx.HTTPTransport):
+    """Sends each request to the server, but loses the answers of the chosen ones on the way back: the server
+    ran them, the client never hears."""
+
+    def __init__(self, lose: set[int]) -> None:
+        super().__init__()
+        self.lose, self.sent = lose, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = super().handle_request(request)
+        self.sent += 1
+        if self.sent in self.lose:
+            answer.read()
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return answer
+
+
+def test_a_server_held_sequence_survives_lost_answers(url: str, weather: np.ndarray) -> None:
+    """Chunks numbered by the client: a chunk whose answer was lost is sent again, answered again, and applied
+    once, so the stream still equals one call."""
+    seq = weather[100:220]
+    with Client(url) as client:
+        whole = client.predict([seq]).outputs[0]
+        client.http.close()
+        client.http = httpx.Client(base_url=url, transport=LosingTransport({1, 3, 4, 7}))
+        held = client.sequence()
+        parts = [held.send(seq[i : i + 20], end=i == 100) for i in range(0, 120, 20)]
+        assert client.http._transport.sent == 10  # type: ignore[attr-defined]  (6 chunks, 4 sent again)
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-5)
+
+
+def test_an_async_server_held_sequence_equals_one_call(url: str, weather: np.ndarray) -> None:
+    seq = weather[300:390]
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        async with AsyncClient(url) as client:
+            whole = (await client.predict([seq])).outputs[0]
+            held = client.sequence("async-held")
+            parts = [await held.send(seq[i : i + 30], end=i == 60) for i in range(0, 90, 30)]
+            with pytest.raises(ServiceError) as ended:
+                await held.send(seq[:3])
+            assert ended.value.status == 422 and "ended" in ended.value.detail
+        return whole, np.concatenate(parts)
+
+    whole, streamed = asyncio.run(scenario())
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("answers", "status", "sent"),
+    [
+        ([503, 502, 200], 200, 3),  # unavailable for a moment, then answered
+        ([409, 200], 200, 2),  # busy, with Retry-After: sent again
+        ([503] * 5, 503, 3),  # retries=2: the third answer is final
+        ([422, 200], 422, 1),  # the request's own fault: never sent again
+        ([429, 200], 429, 1),
+    ],
+)
+def test_what_is_sent_again(answers: list[int], status: int, sent: int) -> None:
+    calls: list[int] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        code = answers[len(calls)]
+        calls.append(code)
+        headers = {"Retry-After": "0"} if code in (409, 503) else {}
+        body = {"outputs": [[[0.5]]], "hn": [[[0.0]]], "cn": [[[0.0]]], "model": {"name": "m", "version": "1"}}
+        return httpx.Response(code, json=body if code == 200 else {"detail": "no"}, headers=headers)
+
+    client = Client("http://lstm.invalid", retries=2)
+    client.http.close()
+    client.http = httpx.Client(base_url="http://lstm.invalid", transport=httpx.MockTransport(server))
+    if status == 200:
+        assert client.predict([[[1.0]]]).outputs[0].tolist() == [[0.5]]
+    else:
+        with pytest.raises(ServiceError) as failed:
+            client.predict([[[1.0]]])
+        assert failed.value.status == status
+    assert len(calls) == sent
+    client.close()
+
+
+def test_a_409_without_retry_after_is_final_and_no_answer_at_all_raises() -> None:
+    def out_of_order(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"detail": [{"loc": ["body", "sequence", "chunk"]}]})
+
+    client = Client("http://lstm.invalid", retries=2)
+    client.http.close()
+    client.http = httpx.Client(base_url="http://lstm.invalid", transport=httpx.MockTransport(out_of_order))
+    with pytest.raises(ServiceError) as refused:
+        client.predict([[[1.0]]])
+    assert refused.value.status == 409
+
+    tries = 0
+
+    def down(request: httpx.Request) -> httpx.Response:
+        nonlocal tries
+        tries += 1
+        raise httpx.ConnectError("refused", request=request)
+
+    client.http.close()
+    client.http = httpx.Client(base_url="http://lstm.invalid", transport=httpx.MockTransport(down))
+    with pytest.raises(httpx.ConnectError):
+        client.predict([[[1.0]]])
+    assert tries == 3
+    client.close()

@@ -54,9 +54,65 @@ def test_chunks_of_a_server_held_sequence_equal_one_call(c: TestClient, weather:
         outputs += answer.json()["outputs"][0]
     np.testing.assert_allclose(outputs, whole["outputs"][0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(answer.json()["hn"], whole["hn"], rtol=0, atol=1e-5)
-    r = rest(c, x[:2], {"id": seq_id})  # ended: forgotten
+    r = rest(c, x[:2], {"id": seq_id})  # ended, and said so
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sequence", "id"]
-    assert "is not known" in r.json()["detail"][0]["msg"]
+    assert r.json()["detail"][0]["msg"] == f"Sequence {seq_id!r} ended: start it again to use its id anew"
+
+
+def test_a_retried_chunk_is_answered_again_and_applied_once(c: TestClient, weather: np.ndarray) -> None:
+    """Numbered chunks: a client that lost an answer sends the chunk again and gets the same numbers, on any
+    protocol, and the sequence goes on as if it had been sent once."""
+    x = windows(weather, [40], np.random.default_rng(11))[0].astype(np.float32)
+    whole = rest(c, x, None).json()["outputs"][0]
+    parts = chunks(x, [10, 20, 30, 40])
+    got: list[Any] = []
+    first = rest(c, parts[0], {"id": "retry", "start": True, "chunk": 0}).json()["outputs"][0]
+    again = rest(c, parts[0], {"id": "retry", "start": True, "chunk": 0}).json()["outputs"][0]  # a start restarts
+    assert again == first
+    got += first
+    answer = rest(c, parts[1], {"id": "retry", "chunk": 1}).json()
+    replay = rest(c, parts[1], {"id": "retry", "chunk": 1}).json()  # its answer was lost: sent again
+    np.testing.assert_array_equal(replay["outputs"], answer["outputs"])
+    np.testing.assert_array_equal(replay["hn"], answer["hn"])
+    got += answer["outputs"][0]
+    r = oip(c, parts[2], sequence_id="retry", sequence_chunk=2)
+    y = next(o for o in r.json()["outputs"] if o["name"] == "y")["data"]
+    r = oip(c, parts[2], sequence_id="retry", sequence_chunk=2)
+    assert r.status_code == 200 and next(o for o in r.json()["outputs"] if o["name"] == "y")["data"] == y
+    got += np.asarray(y).reshape(10, -1).tolist()
+    with c.websocket_connect("/v1/models/tiny/stream") as ws:
+        for _ in range(2):  # the end, sent twice
+            ws.send_json(
+                {"stream": "a", "inputs": parts[3].tolist(), "sequence": {"id": "retry", "end": True, "chunk": 3}}
+            )
+            end = ws.receive_json()
+            assert end["chunk"] == 3
+        got += end["outputs"]
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)  # each chunk applied once
+
+
+def test_a_chunk_out_of_order_is_a_409_naming_its_number(c: TestClient) -> None:
+    x = np.ones((2, 4), dtype=np.float32)
+    assert rest(c, x, {"id": "order", "start": True, "chunk": 0}).status_code == 200
+    assert rest(c, x, {"id": "order", "chunk": 1}).status_code == 200
+    r = rest(c, x, {"id": "order", "chunk": 3})
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"] == [
+        {
+            "loc": ["body", "sequence", "chunk"],
+            "msg": "Sequence 'order' expects chunk 2 next; chunk 3 comes before it",
+            "type": "sequence_chunk_order",
+            "ctx": {"expected": 2},
+        }
+    ]
+    r = oip(c, x, sequence_id="order", sequence_chunk=0 + 5)
+    assert r.status_code == 409 and r.json()["error"].startswith("parameters.sequence_chunk: ")
+    with c.websocket_connect("/v1/models/tiny/stream") as ws:
+        ws.send_json({"stream": "a", "inputs": x.tolist(), "sequence": {"id": "order", "chunk": 7}})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1007 and closed.value.reason.startswith("sequence.chunk: ")
+    assert rest(c, x, {"id": "order", "chunk": 2}).status_code == 200  # refusals changed nothing
 
 
 def test_the_same_sequence_on_every_protocol(c: TestClient, weather: np.ndarray) -> None:
@@ -101,6 +157,13 @@ def test_a_start_may_give_initial_states_and_only_a_start(c: TestClient, weather
         ({"id": 1, "start": "yes"}, ["body", "sequence", "start"]),
         ({"id": 1, "end": 1}, ["body", "sequence", "end"]),
         ({"id": 1, "other": 1}, ["body", "sequence", "other"]),
+        ({"id": 1, "chunk": -1}, ["body", "sequence", "chunk"]),
+        ({"id": 1, "chunk": 1.0}, ["body", "sequence", "chunk"]),
+        ({"id": 1, "chunk": "1"}, ["body", "sequence", "chunk"]),
+        ({"id": 1, "chunk": True}, ["body", "sequence", "chunk"]),
+        ({"id": 1, "chunk": 2**63}, ["body", "sequence", "chunk"]),
+        ({"id": 1, "chunk": 0}, ["body", "sequence", "chunk"]),
+        ({"id": 1, "start": True, "chunk": 1}, ["body", "sequence", "chunk"]),
         ("seq-1", ["body", "sequence"]),
     ],
 )
@@ -131,6 +194,10 @@ def test_a_request_naming_a_sequence_holds_one(c: TestClient) -> None:
         ({"sequence_id": 1, "sequence_start": "true"}, "sequence_start"),
         ({"sequence_id": 1, "sequence_end": 0}, "sequence_end"),
         ({"sequence_id": "never-started"}, "sequence_id"),
+        ({"sequence_chunk": 1}, "sequence_chunk"),
+        ({"sequence_id": 1, "sequence_chunk": -1}, "sequence_chunk"),
+        ({"sequence_id": 1, "sequence_chunk": "2"}, "sequence_chunk"),
+        ({"sequence_id": 1, "sequence_start": True, "sequence_chunk": 3}, "sequence_chunk"),
     ],
 )
 def test_bad_sequence_parameters_are_a_400_naming_them(c: TestClient, parameters: dict, field: str) -> None:
@@ -175,7 +242,7 @@ def test_a_websocket_stream_resumes_its_sequence_on_a_new_connection(c: TestClie
             assert answer["sequence"] == "ws-resume" and answer["stream"] == "a"
             got += answer["outputs"]
     np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
-    with c.websocket_connect("/v1/models/tiny/stream") as ws:  # ended: unknown, said with close 1007
+    with c.websocket_connect("/v1/models/tiny/stream") as ws:  # ended, said with close 1007
         ws.send_json({"stream": "a", "inputs": x[:2].tolist(), "sequence": {"id": "ws-resume"}})
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()

@@ -19,7 +19,9 @@ from service.state.shared import SharedStore
 from service.state.store import (
     BusySequence,
     Claim,
+    EndedSequence,
     ExpiredSequence,
+    OutOfOrder,
     SequenceStore,
     StoreFull,
     StoreUnavailable,
@@ -121,8 +123,64 @@ def test_a_sequence_starts_goes_on_and_ends(opener: Opener) -> None:
                 await store.keep(claim, states(seed))
             claim = await store.claim("m:a", start=False, token=tok())
             await store.drop(claim)
-            with pytest.raises(UnknownSequence, match="'m:a' is not known"):
+            with pytest.raises(EndedSequence, match="'m:a' ended"):
                 await store.claim("m:a", start=False, token=tok())
+            await asyncio.sleep(TERMS.idle_s + 0.1)
+            with pytest.raises(UnknownSequence, match="'m:a' is not known"):  # then forgotten
+                await store.claim("m:a", start=False, token=tok())
+
+    asyncio.run(run())
+
+
+def test_numbered_chunks_run_once_and_a_retry_of_the_last_replays_it(opener: Opener) -> None:
+    """A client that never got an answer sends the chunk again: it is answered from the states before it,
+    and the sequence is not moved on twice."""
+
+    async def run() -> None:
+        async with opened(opener) as store:
+            await store.keep(await store.claim("m:n", start=True, token=tok(), chunk=0), states(1))
+            claim = await store.claim("m:n", start=False, token=tok(), chunk=1)
+            assert claim.states == states(1) and not claim.replay
+            await store.keep(claim, states(2))  # its answer is lost on the way
+            again = await store.claim("m:n", start=False, token=tok(), chunk=1)
+            assert again.replay and again.states == states(1)  # the states it ran from, bit for bit
+            for wrong in (0, 3, 7):
+                with pytest.raises(OutOfOrder) as refused:
+                    await store.claim("m:n", start=False, token=tok(), chunk=wrong)
+                assert refused.value.expected == 2
+            claim = await store.claim("m:n", start=False, token=tok(), chunk=2)  # nothing held by the replay
+            assert claim.states == states(2) and not claim.replay
+            await store.drop(claim)  # the end, whose answer is lost too
+            last = await store.claim("m:n", start=False, token=tok(), chunk=2)
+            assert last.replay and last.states == states(2)
+            with pytest.raises(EndedSequence):
+                await store.claim("m:n", start=False, token=tok(), chunk=3)
+            with pytest.raises(EndedSequence):
+                await store.claim("m:n", start=False, token=tok())
+            restart = await store.claim("m:n", start=True, token=tok(), chunk=0)  # a start is always a start
+            assert restart.states is None and not restart.replay
+            await store.keep(restart, states(5))
+            with pytest.raises(OutOfOrder) as refused:
+                await store.claim("m:n", start=False, token=tok(), chunk=2)
+            assert refused.value.expected == 1
+            unnumbered = await store.claim("m:n", start=False, token=tok())  # numbers are the client's choice
+            assert unnumbered.states == states(5)
+            await store.keep(unnumbered, states(6))
+            assert (await store.claim("m:n", start=False, token=tok(), chunk=2)).states == states(6)  # still counted
+
+    asyncio.run(run())
+
+
+def test_a_replay_waits_while_its_first_attempt_still_runs(opener: Opener) -> None:
+    async def run() -> None:
+        async with opened(opener) as store:
+            await store.keep(await store.claim("m:r", start=True, token=tok(), chunk=0), states(1))
+            first = await store.claim("m:r", start=False, token=tok(), chunk=1)
+            with pytest.raises(BusySequence):  # the retry came before the first attempt finished
+                await store.claim("m:r", start=False, token=tok(), chunk=1)
+            await store.release(first)  # the first attempt failed: nothing was applied
+            claim = await store.claim("m:r", start=False, token=tok(), chunk=1)
+            assert not claim.replay and claim.states == states(1)  # so the retry is applied, once
 
     asyncio.run(run())
 
@@ -340,3 +398,27 @@ def test_workers_starting_together_all_open_the_embedded_store(tmp_path: Path) -
 
     asyncio.run(run())
     other.close()
+
+
+def test_an_embedded_store_of_an_earlier_version_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A file kept with ``LSTM_STATE_URL=sqlite:///...`` from before chunks were counted goes on serving."""
+    import sqlite3
+
+    path = tmp_path / "sequences.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute(
+        "CREATE TABLE sequences (key TEXT PRIMARY KEY, status TEXT NOT NULL, states BLOB, used REAL NOT NULL, "
+        "claimed_until REAL NOT NULL, token TEXT)"
+    )
+    old.execute("INSERT INTO sequences VALUES ('m:old', 'live', ?, ?, 0, NULL)", (states(1), time.time()))
+    old.close()
+
+    async def run() -> None:
+        store = EmbeddedStore(path, TERMS)
+        claim = await store.claim("m:old", start=False, token=tok(), chunk=4)  # its count unknown: any number goes
+        assert claim.states == states(1) and not claim.replay
+        await store.keep(claim, states(2))
+        assert (await store.claim("m:old", start=False, token=tok())).states == states(2)
+        await store.close()
+
+    asyncio.run(run())

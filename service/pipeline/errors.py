@@ -82,6 +82,12 @@ class SequenceBusy(ServiceError):
     headers = {"Retry-After": "1"}  # noqa: RUF012
 
 
+class ChunkOutOfOrder(InvalidInput):
+    """A numbered chunk of a server-held sequence that is neither its next nor a retry of its last."""
+
+    status = 409
+
+
 class SequencesFull(ServiceError):
     """As many server-held sequences are live as the store holds."""
 

@@ -2,8 +2,9 @@
 holds for it, and leaves the states after its last step there for the next chunk, on any worker or replica.
 
 The store is behind ``service.state.store.SequenceStore``; this module does not know which one it is. Its
-errors become the pipeline's, once: an unknown or expired sequence is invalid input naming the place the
-request named it (422, 400, or close 1007); a sequence running another chunk is ``SequenceBusy`` (409);
+errors become the pipeline's, once: an unknown, ended or expired sequence is invalid input naming the place
+the request named it (422, 400, or close 1007); a numbered chunk neither next nor a retry of the last is
+``ChunkOutOfOrder`` (409, naming the chunk's number); a sequence running another chunk is ``SequenceBusy`` (409);
 more live sequences than the store holds is ``SequencesFull`` (429); a store out of reach is
 ``StoreDown`` (503, nothing answered from it; where and why go to the log, not to the client).
 """
@@ -28,14 +29,16 @@ from ..model.contract import ModelSpec
 from ..state.store import (
     BusySequence,
     Claim,
+    EndedSequence,
     ExpiredSequence,
+    OutOfOrder,
     SequenceStore,
     StoreFull,
     StoreUnavailable,
     UnknownSequence,
 )
 from . import jsondata
-from .errors import InvalidInput, Loc, SequenceBusy, SequencesFull, StoreDown, error
+from .errors import ChunkOutOfOrder, InvalidInput, Loc, SequenceBusy, SequencesFull, StoreDown, error
 
 if TYPE_CHECKING:
     from .dataplane import Call, Outcome
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
 MAX_ID = 2**64 - 1  # Triton's sequence ids are unsigned 64-bit integers, or strings
+MAX_CHUNK = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class SequenceRef:
     start: bool = False
     end: bool = False
     loc: Loc = ("sequence", "id")
+    chunk: int | None = None  # the chunk's number, if the client numbers them (0 for the start): retries are safe
+    chunk_loc: Loc = ("sequence", "chunk")
 
     def key(self, spec: ModelSpec) -> str:
         """The store's key: the model's name and version (a sequence goes on with the weights it started on;
@@ -72,14 +78,25 @@ def sequence_id(value: Any, loc: Loc) -> int | str:
     raise InvalidInput([error(loc, msg, "sequence_id")])
 
 
-FIELDS = ("id", "start", "end")
+def chunk_number(value: Any, start: bool, loc: Loc) -> int:
+    """A chunk's number: 0 for the start, then 1, 2, ... in order."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_CHUNK:
+        raise InvalidInput([error(loc, f"A chunk's number is an integer in 0..{MAX_CHUNK}", "sequence_chunk")])
+    if start != (value == 0):
+        msg = "A start is chunk 0" if start else "Chunk 0 is the start: number the chunks after it from 1"
+        raise InvalidInput([error(loc, msg, "sequence_chunk")])
+    return value
+
+
+FIELDS = ("id", "start", "end", "chunk")
 
 
 def read_ref(reader: jsondata.Reader, value: Any, loc: Loc) -> SequenceRef:
-    """``{"id": ..., "start": false, "end": false}`` (REST and the WebSocket stream): the server-held sequence a
-    chunk belongs to; every field checked and named."""
+    """``{"id": ..., "start": false, "end": false, "chunk": n}`` (REST and the WebSocket stream): the server-held
+    sequence a chunk belongs to; every field checked and named."""
     if not jsondata.is_object(value):
-        raise InvalidInput([error(loc, "Input should be an object: id, start, end", "model_attributes_type")])
+        msg = "Input should be an object: id, start, end, chunk"
+        raise InvalidInput([error(loc, msg, "model_attributes_type")])
     names = jsondata.keys(value, loc)
     plain = {k: reader.plain(value[k]) for k in names}
     errors = [
@@ -95,7 +112,9 @@ def read_ref(reader: jsondata.Reader, value: Any, loc: Loc) -> SequenceRef:
     if errors:
         raise InvalidInput(errors)
     ident = sequence_id(plain["id"], (*loc, "id"))
-    return SequenceRef(ident, plain.get("start", False), plain.get("end", False), (*loc, "id"))
+    start = plain.get("start", False)
+    chunk = None if plain.get("chunk") is None else chunk_number(plain["chunk"], start, (*loc, "chunk"))
+    return SequenceRef(ident, start, plain.get("end", False), (*loc, "id"), chunk, (*loc, "chunk"))
 
 
 _HEADER = np.dtype([("layers", "<u4"), ("units", "<u4")])
@@ -138,23 +157,26 @@ class Sequences:
         done = False
         try:
             try:
-                claim = await self.store.claim(claim.key, ref.start, claim.token)
-            except (UnknownSequence, ExpiredSequence, BusySequence, StoreFull):
+                claim = await self.store.claim(claim.key, ref.start, claim.token, ref.chunk)
+            except REFUSED:
                 done = True  # refused: nothing was claimed
                 raise
+            done = claim.replay  # a replay holds nothing: nothing to store or release
             batch = call.batch
             if claim.states is not None:
                 h0, c0 = unpack(claim.states, spec, ref)
                 batch = Batch(batch.x, h0, c0)
             outcome = await infer(replace(call, batch=batch))
             result = outcome.results[0]
+            if claim.replay:
+                return outcome  # a retry of the last chunk run: answered again, applied once
             if ref.end:
                 await self.store.drop(claim)
             else:
                 await self.store.keep(claim, pack(result.hn, result.cn))
             done = True
             return outcome
-        except (UnknownSequence, ExpiredSequence, BusySequence, StoreFull, StoreUnavailable) as e:
+        except (*REFUSED, StoreUnavailable) as e:
             raise self._error(e, ref) from None
         finally:
             if not done:
@@ -168,6 +190,14 @@ class Sequences:
         if isinstance(e, UnknownSequence):
             msg = f"Sequence {name} is not known here: start it first"
             return InvalidInput([error(ref.loc, msg, "sequence_unknown")])
+        if isinstance(e, EndedSequence):
+            msg = f"Sequence {name} ended: start it again to use its id anew"
+            return InvalidInput([error(ref.loc, msg, "sequence_ended")])
+        if isinstance(e, OutOfOrder):
+            got = ref.chunk
+            why = "was already run" if got is not None and got < e.expected else "comes before it"
+            msg = f"Sequence {name} expects chunk {e.expected} next; chunk {got} {why}"
+            return ChunkOutOfOrder([error(ref.chunk_loc, msg, "sequence_chunk_order", expected=e.expected)])
         if isinstance(e, ExpiredSequence):
             msg = f"Sequence {name} expired after {self.store.terms.idle_s:g} s without a chunk: start it again"
             return InvalidInput([error(ref.loc, msg, "sequence_expired")])
@@ -179,6 +209,9 @@ class Sequences:
         log.warning("sequence store unavailable: %s", e)  # where and why, for the operator; not for the client
         metrics.REJECTED.labels("store_down").inc()
         return StoreDown("The sequence store cannot be reached; retry shortly")
+
+
+REFUSED = (UnknownSequence, EndedSequence, ExpiredSequence, BusySequence, StoreFull, OutOfOrder)
 
 
 async def _release(store: SequenceStore, claim: Claim) -> None:

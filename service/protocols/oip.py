@@ -26,7 +26,7 @@ from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, ServiceError, error
 from ..pipeline.rules import Limits
-from ..pipeline.sequences import SequenceRef, sequence_id
+from ..pipeline.sequences import SequenceRef, chunk_number, sequence_id
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -53,6 +53,12 @@ class RequestParameters(_Parameters):
     )
     sequence_start: StrictBool | None = Field(default=None, description="This chunk starts (or restarts) it.")
     sequence_end: StrictBool | None = Field(default=None, description="This chunk ends it.")
+    sequence_chunk: Any = Field(
+        default=None,
+        description="This service's addition: the chunk's number in its sequence (0 for the start, then 1, 2, ...), "
+        "so that a retried chunk is never applied twice.",
+        json_schema_extra={"type": "integer", "minimum": 0},
+    )
 
 
 class InputParameters(_Parameters):
@@ -147,12 +153,14 @@ def _sequence(parameters: RequestParameters | None) -> SequenceRef | None:
     ``sequence_end`` mean nothing without it, and are refused rather than ignored."""
     p = parameters or RequestParameters()
     if p.sequence_id is None:
-        for flag in ("sequence_start", "sequence_end"):
-            if getattr(p, flag):
+        for flag in ("sequence_start", "sequence_end", "sequence_chunk"):
+            if getattr(p, flag) not in (None, False):
                 raise InvalidInput([error(("parameters", flag), f"{flag} needs a sequence_id", "missing")])
         return None
-    loc = ("parameters", "sequence_id")
-    return SequenceRef(sequence_id(p.sequence_id, loc), bool(p.sequence_start), bool(p.sequence_end), loc)
+    loc, start = ("parameters", "sequence_id"), bool(p.sequence_start)
+    chunk_loc = ("parameters", "sequence_chunk")
+    chunk = None if p.sequence_chunk is None else chunk_number(p.sequence_chunk, start, chunk_loc)
+    return SequenceRef(sequence_id(p.sequence_id, loc), start, bool(p.sequence_end), loc, chunk, chunk_loc)
 
 
 class OipCodec:
@@ -308,7 +316,7 @@ def _batch(arrays: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Ba
 def error_response(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
     """Status, body and headers: the protocol's one mapping of the pipeline's errors (400 for invalid input)."""
     if isinstance(exc, InvalidInput):
-        return 400, orjson.dumps({"error": exc.lines()}), {}
+        return 400 if exc.status == 422 else exc.status, orjson.dumps({"error": exc.lines()}), {}
     return exc.status, orjson.dumps({"error": str(exc)}), dict(exc.headers)
 
 

@@ -1,5 +1,5 @@
 """The ``/predict`` codec: JSON ``{"inputs", "h0", "c0", "explain", "sequence"}`` in, ``{"outputs", "hn", "cn",
-"model"}`` out. ``sequence`` (``{"id", "start", "end"}``) names a server-held sequence: the server keeps its
+"model"}`` out. ``sequence`` (``{"id", "start", "end", "chunk"}``) names a server-held sequence: the server keeps its
 states between chunks, for a client that cannot carry them.
 
 Errors in FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`` with 422

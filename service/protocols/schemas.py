@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..pipeline.sequences import MAX_ID, MAX_ID_CHARS
+from ..pipeline.sequences import MAX_CHUNK, MAX_ID, MAX_ID_CHARS
 
 Tensor3 = list[list[list[float]]]
 
@@ -23,6 +23,11 @@ class SequenceSpec(BaseModel):
     )
     start: bool = Field(default=False, description="This chunk starts (or restarts) it, from `h0`/`c0` or zeros.")
     end: bool = Field(default=False, description="This chunk ends it: the server forgets its states.")
+    chunk: Annotated[int, Field(ge=0, le=MAX_CHUNK)] | None = Field(
+        default=None,
+        description="The chunk's number (0 for the start, then 1, 2, ...): a chunk sent again with the number of "
+        "the last one run is answered again and not applied twice; any other but the next is a 409.",
+    )
 
 
 class PredictRequest(BaseModel):

@@ -34,6 +34,7 @@ from ..pipeline import jsondata, rules, sequences
 from ..pipeline.dataplane import Call, DataPlane, Outcome
 from ..pipeline.errors import (
     BodyTimeout,
+    ChunkOutOfOrder,
     ClientDisconnected,
     DeadlineExceeded,
     InvalidInput,
@@ -62,6 +63,7 @@ CLOSE_CODES: dict[type[ServiceError], int] = {
     StoreDown: TRY_LATER,
     SequencesFull: TRY_LATER,
     SequenceBusy: TRY_LATER,
+    ChunkOutOfOrder: INVALID,
     DeadlineExceeded: TRY_LATER,
     UnknownModel: POLICY,
     TooManySequences: POLICY,
@@ -182,6 +184,8 @@ class StreamCodec:
         if action == "sequence":
             assert call.sequence is not None
             answer = {"stream": name, "sequence": call.sequence.id, "outputs": result.outputs}
+            if call.sequence.chunk is not None:
+                answer["chunk"] = call.sequence.chunk
             return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
         previous = self.streams.get(name)
         steps = (0 if call.context.fresh or previous is None else previous.steps) + call.batch.steps

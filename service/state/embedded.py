@@ -16,16 +16,18 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .store import Claim, SequenceError, StoreUnavailable, Terms, busy, expired, full, unknown
+from .store import Claim, OutOfOrder, SequenceError, StoreUnavailable, Terms, busy, ended, expired, full, unknown
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sequences (
     key TEXT PRIMARY KEY,
-    status TEXT NOT NULL,             -- new (its first chunk runs), live, expired (tombstone)
+    status TEXT NOT NULL,             -- new (its first chunk runs), live, ended, expired (tombstones)
     states BLOB,                      -- h then c, float32; NULL unless live
     used REAL NOT NULL,               -- when its last chunk was stored (or it was claimed, when new)
     claimed_until REAL NOT NULL,      -- 0: free
-    token TEXT
+    token TEXT,
+    chunks INTEGER,                   -- chunks run (NULL: a sequence from before they were counted)
+    before BLOB                       -- the states before the last chunk (NULL after a start)
 );
 CREATE INDEX IF NOT EXISTS sequences_used ON sequences (status, used);
 CREATE INDEX IF NOT EXISTS sequences_idle ON sequences (used);
@@ -46,6 +48,10 @@ class EmbeddedStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(sequences)")}
+            for column, kind in (("chunks", "INTEGER"), ("before", "BLOB")):  # a file from an earlier version
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE sequences ADD COLUMN {column} {kind}")
             # then never: a lock held by another worker is waited for in _Transaction, the event loop free
             self.db.execute("PRAGMA busy_timeout = 0")
         except (OSError, sqlite3.Error) as e:
@@ -55,7 +61,7 @@ class EmbeddedStore:
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db, self.path)
 
-    async def claim(self, key: str, start: bool, token: str) -> Claim:
+    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None) -> Claim:
         now = time.time()
         t = self.terms
         async with self._transaction() as db:
@@ -63,17 +69,28 @@ class EmbeddedStore:
                 self._swept = now
                 db.execute("DELETE FROM sequences WHERE used < ? AND claimed_until < ?", (now - 2 * t.idle_s, now))
             row = db.execute(
-                "SELECT status, states, used, claimed_until FROM sequences WHERE key = ?", (key,)
+                "SELECT status, states, used, claimed_until, chunks, before FROM sequences WHERE key = ?", (key,)
             ).fetchone()
             if row is not None and row[3] > now:
                 raise busy(key)
             live = row is not None and row[0] == "live" and now - row[2] <= t.idle_s
             if not start:
-                if row is None or row[0] == "new":
+                if row is None or row[0] == "new" or (row[0] == "ended" and now - row[2] > t.idle_s):
                     raise unknown(key)
+                count, before = row[4], row[5]
+                if row[0] == "ended":
+                    if chunk is not None and count is not None and chunk == count - 1 and before is not None:
+                        return Claim(key, token, bytes(before), replay=True)
+                    raise ended(key)
                 if not live:
-                    db.execute("UPDATE sequences SET status = 'expired', states = NULL WHERE key = ?", (key,))
+                    db.execute(
+                        "UPDATE sequences SET status = 'expired', states = NULL, before = NULL WHERE key = ?", (key,)
+                    )
                     raise expired(key, t.idle_s)
+                if chunk is not None and count is not None and chunk != count:
+                    if chunk == count - 1 and before is not None:
+                        return Claim(key, token, bytes(before), replay=True)
+                    raise OutOfOrder(key, count)
             elif not live:
                 count = db.execute(
                     "SELECT COUNT(*) FROM sequences WHERE status IN ('new', 'live') AND used >= ?", (now - t.idle_s,)
@@ -81,11 +98,12 @@ class EmbeddedStore:
                 if count >= t.max_sequences:
                     raise full(key, t.max_sequences)
             states = None if start else bytes(row[1])
-            if row is None or not live:
+            if start:
                 db.execute(
-                    "INSERT INTO sequences (key, status, states, used, claimed_until, token) "
-                    "VALUES (?, 'new', NULL, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET status = 'new', states = NULL, "
-                    "used = excluded.used, claimed_until = excluded.claimed_until, token = excluded.token",
+                    "INSERT INTO sequences (key, status, states, used, claimed_until, token, chunks, before) "
+                    "VALUES (?, 'new', NULL, ?, ?, ?, 0, NULL) ON CONFLICT (key) DO UPDATE SET status = 'new', "
+                    "states = NULL, used = excluded.used, claimed_until = excluded.claimed_until, "
+                    "token = excluded.token, chunks = 0, before = NULL",
                     (key, now, now + t.lease_s, token),
                 )
             else:
@@ -97,16 +115,21 @@ class EmbeddedStore:
     async def keep(self, claim: Claim, states: bytes) -> None:
         async with self._transaction() as db:
             done = db.execute(
-                "UPDATE sequences SET status = 'live', states = ?, used = ?, claimed_until = 0, token = NULL "
-                "WHERE key = ? AND token = ?",
+                "UPDATE sequences SET status = 'live', before = states, states = ?, chunks = chunks + 1, used = ?, "
+                "claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
                 (states, time.time(), claim.key, claim.token),
             ).rowcount
         if not done:
             raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 
     async def drop(self, claim: Claim) -> None:
+        """The sequence ended: remembered as ended (with the states before its last chunk, to replay it)."""
         async with self._transaction() as db:
-            done = db.execute("DELETE FROM sequences WHERE key = ? AND token = ?", (claim.key, claim.token)).rowcount
+            done = db.execute(
+                "UPDATE sequences SET status = 'ended', before = states, states = NULL, chunks = chunks + 1, "
+                "used = ?, claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
+                (time.time(), claim.key, claim.token),
+            ).rowcount
         if not done:
             raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 

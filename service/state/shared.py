@@ -1,9 +1,10 @@
 """The shared store: Valkey or Redis (``LSTM_STATE_URL=redis://host:6379/0``), for every worker of every
 replica pointed at it, so any replica serves any chunk and a restarted server loses nothing.
 
-A sequence is a hash (status, states as float32 bytes, last use, claim and its token) that expires
-after twice the idle time, and a sorted set of live sequences by last use counts them. Each operation
-is one Lua script: atomic on the server, one round trip, and one clock (the server's) for every replica.
+A sequence is a hash (status, states as float32 bytes, the states before its last chunk, chunks run,
+last use, claim and its token) that expires after twice the idle time, and a sorted set of live
+sequences by last use counts them. Each operation is one Lua script: atomic on the server, one round
+trip, and one clock (the server's) for every replica.
 """
 
 from __future__ import annotations
@@ -13,24 +14,35 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .store import Claim, StoreUnavailable, Terms, busy, expired, full, unknown
+from .store import Claim, OutOfOrder, StoreUnavailable, Terms, busy, ended, expired, full, unknown
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 CLAIM = (
     _NOW
     + """
-local idle, max, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local h = redis.call('HMGET', KEYS[1], 'status', 'used', 'claimed_until')
-local status, used, claimed = h[1], tonumber(h[2]), tonumber(h[3])
+local idle, max, lease, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local h = redis.call('HMGET', KEYS[1], 'status', 'used', 'claimed_until', 'chunks')
+local status, used, claimed, count = h[1], tonumber(h[2]), tonumber(h[3]), tonumber(h[4])
 if status and claimed and claimed > now then return {'busy'} end
 local live = status == 'live' and now - used <= idle
 if ARGV[2] == '0' then
-  if (not status) or status == 'new' then return {'unknown'} end
+  if (not status) or status == 'new' or (status == 'ended' and now - used > idle) then return {'unknown'} end
+  local replay = chunk >= 0 and count and chunk == count - 1
+  if status == 'ended' then
+    local before = replay and redis.call('HGET', KEYS[1], 'before')
+    if before then return {'replay', before} end
+    return {'ended'}
+  end
   if not live then
     redis.call('HSET', KEYS[1], 'status', 'expired')
-    redis.call('HDEL', KEYS[1], 'states')
+    redis.call('HDEL', KEYS[1], 'states', 'before')
     redis.call('ZREM', KEYS[2], ARGV[1])
     return {'expired'}
+  end
+  if chunk >= 0 and count and chunk ~= count then
+    local before = replay and redis.call('HGET', KEYS[1], 'before')
+    if before then return {'replay', before} end
+    return {'order', count}
   end
 elseif not live then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - idle - 1)
@@ -38,11 +50,11 @@ elseif not live then
 end
 local states = false
 if ARGV[2] == '0' then states = redis.call('HGET', KEYS[1], 'states') end
-if live then
+if ARGV[2] == '0' then
   redis.call('HSET', KEYS[1], 'claimed_until', now + lease, 'token', ARGV[3])
 else
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'status', 'new', 'used', now, 'claimed_until', now + lease, 'token', ARGV[3])
+  redis.call('HSET', KEYS[1], 'status', 'new', 'used', now, 'claimed_until', now + lease, 'token', ARGV[3], 'chunks', 0)
   redis.call('ZADD', KEYS[2], now, ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[1], 2 * idle)
@@ -50,10 +62,17 @@ if states then return {'ok', states} end
 return {'ok'}
 """
 )
+# The states run last become those before the next; the count goes up where it is kept.
+_NEXT = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+local last = redis.call('HGET', KEYS[1], 'states')
+if last then redis.call('HSET', KEYS[1], 'before', last) else redis.call('HDEL', KEYS[1], 'before') end
+if redis.call('HEXISTS', KEYS[1], 'chunks') == 1 then redis.call('HINCRBY', KEYS[1], 'chunks', 1) end
+"""
 KEEP = (
     _NOW
+    + _NEXT
     + """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'live', 'states', ARGV[3], 'used', now, 'claimed_until', 0)
 redis.call('HDEL', KEYS[1], 'token')
 redis.call('ZADD', KEYS[2], now, ARGV[1])
@@ -61,12 +80,17 @@ redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[4]))
 return 1
 """
 )
-DROP = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
+DROP = (
+    _NOW
+    + _NEXT
+    + """
+redis.call('HSET', KEYS[1], 'status', 'ended', 'used', now, 'claimed_until', 0)
+redis.call('HDEL', KEYS[1], 'states', 'token')
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 return 1
 """
+)
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'new' then
@@ -115,9 +139,10 @@ class SharedStore:
     def _where(self) -> str:
         return self.url.split("@")[-1].split("?")[0]  # never a password
 
-    async def claim(self, key: str, start: bool, token: str) -> Claim:
+    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None) -> Claim:
         t = self.terms
-        args = [key, int(start), token, int(t.idle_s * 1000), t.max_sequences, int(t.lease_s * 1000)]
+        number = -1 if chunk is None else chunk
+        args = [key, int(start), token, int(t.idle_s * 1000), t.max_sequences, int(t.lease_s * 1000), number]
         answer = await self._run(self._claim, self._keys(key), args)
         assert isinstance(answer, list)
         outcome = answer[0].decode()
@@ -129,6 +154,12 @@ class SharedStore:
             raise expired(key, t.idle_s)
         if outcome == "full":
             raise full(key, t.max_sequences)
+        if outcome == "ended":
+            raise ended(key)
+        if outcome == "order":
+            raise OutOfOrder(key, int(answer[1]))
+        if outcome == "replay":
+            return Claim(key, token, bytes(answer[1]), replay=True)
         return Claim(key, token, bytes(answer[1]) if len(answer) > 1 else None)
 
     async def keep(self, claim: Claim, states: bytes) -> None:
@@ -137,7 +168,8 @@ class SharedStore:
             raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 
     async def drop(self, claim: Claim) -> None:
-        if not await self._run(self._drop, self._keys(claim.key), [claim.key, claim.token]):
+        args = [claim.key, claim.token, int(self.terms.idle_s * 1000)]
+        if not await self._run(self._drop, self._keys(claim.key), args):
             raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
 
     async def release(self, claim: Claim) -> None:

@@ -1,16 +1,24 @@
 """Server-held sequences: the one small interface the pipeline talks to, whichever store is behind it.
 
 A sequence is a key (the model's name and the client's sequence id) holding the LSTM states after the
-last chunk it ran, as opaque bytes (``h`` then ``c``, float32, read back bit for bit). One chunk at a
-time: ``claim`` takes the sequence for one chunk under the caller's token and returns its states (None
-for a sequence that starts), then exactly one of ``keep`` (store the new states), ``drop`` (the sequence
-ended) or ``release`` (the chunk failed: nothing changes). The token is the caller's, so that a claim whose
-answer was lost (a deadline, a dropped connection) can still be released by it. A claim lapses after
-``lease_s``, so that a worker that died mid-chunk does not hold its sequence for ever.
+last chunk it ran, as opaque bytes (``h`` then ``c``, float32, read back bit for bit), the states before
+that chunk, and how many chunks it has run. One chunk at a time: ``claim`` takes the sequence for one
+chunk under the caller's token and returns its states (None for a sequence that starts), then exactly one
+of ``keep`` (store the new states), ``drop`` (the sequence ended) or ``release`` (the chunk failed: nothing
+changes). The token is the caller's, so that a claim whose answer was lost (a deadline, a dropped
+connection) can still be released by it. A claim lapses after ``lease_s``, so that a worker that died
+mid-chunk does not hold its sequence for ever.
+
+Chunks may be numbered (0 for the start, then 1, 2, ...), so that a client can retry a chunk whose answer
+it never got without its being applied twice: a chunk numbered as the last one run is a replay, answered
+from the states before it and changing nothing (``Claim.replay``); any other number but the next is
+refused (``OutOfOrder``). An ended sequence is remembered for ``idle_s`` so that its last chunk can be
+replayed too. A start is always a start: it resets the sequence, which retrying it does again, the same way.
 
 Semantics every store keeps (``tests/test_state.py`` runs each store through them):
 
-- a sequence that was never started, or was dropped, is unknown without a start (``UnknownSequence``);
+- a sequence that was never started is unknown without a start (``UnknownSequence``); one that ended is
+  told so (``EndedSequence``) for ``idle_s``, then is unknown;
 - a start (re)starts it, from no states;
 - a second chunk while one runs is refused (``BusySequence``), never run at the same time;
 - a sequence idle for ``idle_s`` expires: the next chunk is told so (``ExpiredSequence``) for another
@@ -45,8 +53,20 @@ class BusySequence(SequenceError):
     pass
 
 
+class EndedSequence(SequenceError):
+    pass
+
+
 class StoreFull(SequenceError):
     pass
+
+
+class OutOfOrder(SequenceError):
+    """A numbered chunk that is neither the next nor a replay of the last; ``expected`` is the next one's."""
+
+    def __init__(self, key: str, expected: int) -> None:
+        super().__init__(key, f"Sequence {key!r} expects chunk {expected} next")
+        self.expected = expected
 
 
 class StoreUnavailable(Exception):
@@ -60,6 +80,7 @@ class Claim:
     key: str
     token: str  # whose claim it is: a lapsed claim cannot store over a newer one
     states: bytes | None  # None: the sequence starts
+    replay: bool = False  # a retry of the last chunk run: states are those before it, and nothing is held
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,7 @@ class Terms:
 class SequenceStore(Protocol):
     terms: Terms
 
-    async def claim(self, key: str, start: bool, token: str) -> Claim: ...
+    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None) -> Claim: ...
 
     async def keep(self, claim: Claim, states: bytes) -> None: ...
 
@@ -95,6 +116,10 @@ def unknown(key: str) -> UnknownSequence:
 
 def expired(key: str, idle_s: float) -> ExpiredSequence:
     return ExpiredSequence(key, f"Sequence {key!r} expired after {idle_s:g} s without a chunk: start it again")
+
+
+def ended(key: str) -> EndedSequence:
+    return EndedSequence(key, f"Sequence {key!r} ended: start it again to use its id anew")
 
 
 def full(key: str, limit: int) -> StoreFull:
