@@ -16,8 +16,13 @@ $(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
 	$(PIP) -e .
 	touch $@
 
-$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
+# KServe's SDK without its dependencies (a model server's worth, pinned apart from ours): its models check
+# deploy/kubernetes/kserve in tests/test_kubernetes.py.
+KSERVE_SDK := kserve==0.21.0
+
+$(VENV)/.dev-deps: pyproject.toml Makefile | $(BIN)/python
 	$(PIP) -e '.[train,dev]'
+	$(PIP) --no-deps --upgrade --target $(VENV)/kserve-sdk '$(KSERVE_SDK)'
 	touch $@ $(VENV)/.serve-deps
 
 setup: $(VENV)/.dev-deps

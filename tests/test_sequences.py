@@ -282,3 +282,44 @@ def test_no_model_name_or_id_spells_another_ones_key() -> None:
         SequenceRef('5"]').key(spec("w")),
     }
     assert len(keys) == 6
+
+
+def test_a_chunk_running_past_the_lease_keeps_its_sequence(tmp_path: Any) -> None:
+    """A claim lasts a short lease (so that a replica that died mid-chunk holds its sequence briefly), and is
+    renewed while its chunk runs: a slow chunk is never overtaken, and the 409 says how long to wait."""
+    import asyncio
+
+    from service.model.batch import Batch, SequenceResult
+    from service.model.contract import ModelSpec
+    from service.pipeline.dataplane import Call, Outcome
+    from service.pipeline.errors import SequenceBusy
+    from service.pipeline.sequences import SequenceRef, Sequences
+    from service.state.embedded import EmbeddedStore
+    from service.state.store import Terms
+
+    spec = ModelSpec("m", "1", 4, 1, 8, 2, ["a", "b", "c", "d"], ["y"], metadata={})
+    lease = 0.3
+
+    def chunk(ref: SequenceRef) -> Call[None]:
+        zeros = np.zeros((2, 1, 8), dtype=np.float32)
+        return Call(Batch([np.ones((3, 4), dtype=np.float32)], zeros, zeros), sequence=ref)
+
+    async def infer(call: Call[Any], seconds: float) -> Outcome:
+        await asyncio.sleep(seconds)
+        h = call.batch.h0[:, 0] + 1  # each chunk adds one: the count of chunks applied
+        return Outcome([SequenceResult(np.zeros((3, 1), dtype=np.float32), h, h)])
+
+    async def run() -> None:
+        sequences = Sequences(EmbeddedStore(tmp_path / "s.db", Terms(idle_s=60, max_sequences=10, lease_s=lease)))
+        await sequences.run(chunk(SequenceRef("slow", start=True)), spec, lambda c: infer(c, 0))
+        slow = asyncio.ensure_future(sequences.run(chunk(SequenceRef("slow")), spec, lambda c: infer(c, 4 * lease)))
+        await asyncio.sleep(2 * lease)  # past the lease: renewed, still held
+        with pytest.raises(SequenceBusy) as busy:
+            await sequences.run(chunk(SequenceRef("slow")), spec, lambda c: infer(c, 0))
+        assert busy.value.headers == {"Retry-After": "1"}  # what the claim has left, rounded up
+        await slow
+        last = await sequences.run(chunk(SequenceRef("slow", end=True)), spec, lambda c: infer(c, 0))
+        assert last.results[0].hn[0, 0] == 3  # start, the slow chunk, this one: each applied once
+        await sequences.store.close()
+
+    asyncio.run(run())

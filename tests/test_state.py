@@ -422,3 +422,28 @@ def test_an_embedded_store_of_an_earlier_version_is_brought_up_to_date(tmp_path:
         await store.close()
 
     asyncio.run(run())
+
+
+def test_a_renewed_claim_outlasts_its_lease_and_a_dead_ones_lapses(opener: Opener) -> None:
+    terms = Terms(idle_s=5, max_sequences=3, lease_s=0.3)
+
+    async def run() -> None:
+        async with opened(opener, terms) as store:
+            await store.keep(await store.claim("m:l", start=True, token=tok()), states(1))
+            held = await store.claim("m:l", start=False, token=tok())
+            for _ in range(3):  # renewed: held well past its lease
+                await asyncio.sleep(0.15)
+                await store.renew(held)
+            with pytest.raises(BusySequence) as busy:
+                await store.claim("m:l", start=False, token=tok())
+            assert 0 < busy.value.retry_after <= terms.lease_s
+            await asyncio.sleep(0.4)  # its worker died: no renewal, the claim lapses
+            taken = await store.claim("m:l", start=False, token=tok())
+            with pytest.raises(BusySequence):
+                await store.renew(held)  # the dead claim cannot come back
+            with pytest.raises(BusySequence):
+                await store.keep(held, states(9))
+            await store.keep(taken, states(2))
+            assert (await store.claim("m:l", start=False, token=tok())).states == states(2)
+
+    asyncio.run(run())

@@ -23,7 +23,7 @@ from .batcher import Batcher
 from .dataplane import Admission, DataPlane, inline_limit
 from .errors import NotReady, UnknownModel
 from .rules import Limits
-from .sequences import Sequences
+from .sequences import LEASE_S, Sequences
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Registry:
         default_folder = repository.resolve(s.model_repository, s.model_name, s.model_version)
         limits = Limits.from_settings(s)
         admission = Admission(s.max_queue)
-        terms = Terms(idle_s=s.sequence_idle_s, max_sequences=s.max_sequences, lease_s=s.request_timeout_s + 5)
+        terms = Terms(idle_s=s.sequence_idle_s, max_sequences=s.max_sequences, lease_s=LEASE_S)
         store, forget = open_store(s.state_url, terms)
         sequences = Sequences(store)
         planes: dict[tuple[str, str], DataPlane] = {}

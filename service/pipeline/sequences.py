@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
 MAX_ID = 2**64 - 1  # Triton's sequence ids are unsigned 64-bit integers, or strings
 MAX_CHUNK = 2**63 - 1
+# A chunk's claim on its sequence lasts this long, renewed every third of it while the chunk runs: a worker
+# or replica that died mid-chunk holds its sequence this long at most (the chunk sent again waits, 409).
+LEASE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,12 @@ class Sequences:
             if claim.states is not None:
                 h0, c0 = unpack(claim.states, spec, ref)
                 batch = Batch(batch.x, h0, c0)
-            outcome = await infer(replace(call, batch=batch))
+            hold = None if claim.replay else _Hold(self.store, claim)
+            try:
+                outcome = await infer(replace(call, batch=batch))
+            finally:
+                if hold is not None:
+                    hold.stop()
             result = outcome.results[0]
             if claim.replay:
                 return outcome  # a retry of the last chunk run: answered again, applied once
@@ -202,7 +211,9 @@ class Sequences:
             msg = f"Sequence {name} expired after {self.store.terms.idle_s:g} s without a chunk: start it again"
             return InvalidInput([error(ref.loc, msg, "sequence_expired")])
         if isinstance(e, BusySequence):
-            return SequenceBusy(f"Sequence {name} is running another chunk: send the next when it is answered")
+            busy = SequenceBusy(f"Sequence {name} is running another chunk: send the next when it is answered")
+            busy.headers = {"Retry-After": str(max(1, math.ceil(e.retry_after)))}  # when its claim lapses, at most
+            return busy
         if isinstance(e, StoreFull):
             limit = self.store.terms.max_sequences
             return SequencesFull(f"{limit} sequences are live, the most this server holds: end one, or retry later")
@@ -212,6 +223,30 @@ class Sequences:
 
 
 REFUSED = (UnknownSequence, EndedSequence, ExpiredSequence, BusySequence, StoreFull, OutOfOrder)
+
+
+class _Hold:
+    """Renews a running chunk's claim every third of the lease, from a third of it on (most chunks are
+    answered long before: then this costs one timer)."""
+
+    def __init__(self, store: SequenceStore, claim: Claim) -> None:
+        self.store, self.claim = store, claim
+        self.task: asyncio.Task[None] | None = None
+        self.timer = asyncio.get_running_loop().call_later(store.terms.lease_s / 3, self._start)
+
+    def _start(self) -> None:
+        self.task = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        with contextlib.suppress(BusySequence, StoreUnavailable):  # lapsed, or out of reach: keep will say
+            while True:
+                await self.store.renew(self.claim)
+                await asyncio.sleep(self.store.terms.lease_s / 3)
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
 
 async def _release(store: SequenceStore, claim: Claim) -> None:

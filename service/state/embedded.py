@@ -72,7 +72,7 @@ class EmbeddedStore:
                 "SELECT status, states, used, claimed_until, chunks, before FROM sequences WHERE key = ?", (key,)
             ).fetchone()
             if row is not None and row[3] > now:
-                raise busy(key)
+                raise busy(key, row[3] - now)
             live = row is not None and row[0] == "live" and now - row[2] <= t.idle_s
             if not start:
                 if row is None or row[0] == "new" or (row[0] == "ended" and now - row[2] > t.idle_s):
@@ -112,6 +112,15 @@ class EmbeddedStore:
                 )
         return Claim(key, token, states)
 
+    async def renew(self, claim: Claim) -> None:
+        async with self._transaction() as db:
+            done = db.execute(
+                "UPDATE sequences SET claimed_until = ? WHERE key = ? AND token = ?",
+                (time.time() + self.terms.lease_s, claim.key, claim.token),
+            ).rowcount
+        if not done:
+            raise busy(claim.key, self.terms.lease_s)  # it lapsed, and another chunk took the sequence
+
     async def keep(self, claim: Claim, states: bytes) -> None:
         async with self._transaction() as db:
             done = db.execute(
@@ -120,7 +129,7 @@ class EmbeddedStore:
                 (states, time.time(), claim.key, claim.token),
             ).rowcount
         if not done:
-            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
+            raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence
 
     async def drop(self, claim: Claim) -> None:
         """The sequence ended: remembered as ended (with the states before its last chunk, to replay it)."""
@@ -131,7 +140,7 @@ class EmbeddedStore:
                 (time.time(), claim.key, claim.token),
             ).rowcount
         if not done:
-            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
+            raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence
 
     async def release(self, claim: Claim) -> None:
         async with self._transaction() as db:

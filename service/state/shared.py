@@ -23,7 +23,7 @@ CLAIM = (
 local idle, max, lease, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local h = redis.call('HMGET', KEYS[1], 'status', 'used', 'claimed_until', 'chunks')
 local status, used, claimed, count = h[1], tonumber(h[2]), tonumber(h[3]), tonumber(h[4])
-if status and claimed and claimed > now then return {'busy'} end
+if status and claimed and claimed > now then return {'busy', claimed - now} end
 local live = status == 'live' and now - used <= idle
 if ARGV[2] == '0' then
   if (not status) or status == 'new' or (status == 'ended' and now - used > idle) then return {'unknown'} end
@@ -91,6 +91,14 @@ redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 return 1
 """
 )
+RENEW = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'claimed_until', now + tonumber(ARGV[3]))
+return 1
+"""
+)
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'new' then
@@ -122,8 +130,8 @@ class SharedStore:
         )
         # No retries: a script sent before a timeout may still run, and a chunk's scripts must not run twice.
         self.client = aioredis.Redis(connection_pool=pool, decode_responses=False, retry=Retry(NoBackoff(), 0))
-        self._claim, self._keep, self._drop, self._release = (
-            self.client.register_script(s) for s in (CLAIM, KEEP, DROP, RELEASE)
+        self._claim, self._renew, self._keep, self._drop, self._release = (
+            self.client.register_script(s) for s in (CLAIM, RENEW, KEEP, DROP, RELEASE)
         )
         self.prefix = PREFIX  # of every key this store writes
 
@@ -147,7 +155,7 @@ class SharedStore:
         assert isinstance(answer, list)
         outcome = answer[0].decode()
         if outcome == "busy":
-            raise busy(key)
+            raise busy(key, int(answer[1]) / 1000)
         if outcome == "unknown":
             raise unknown(key)
         if outcome == "expired":
@@ -162,15 +170,20 @@ class SharedStore:
             return Claim(key, token, bytes(answer[1]), replay=True)
         return Claim(key, token, bytes(answer[1]) if len(answer) > 1 else None)
 
+    async def renew(self, claim: Claim) -> None:
+        args = [claim.key, claim.token, int(self.terms.lease_s * 1000)]
+        if not await self._run(self._renew, self._keys(claim.key), args):
+            raise busy(claim.key, self.terms.lease_s)  # it lapsed, and another chunk took the sequence
+
     async def keep(self, claim: Claim, states: bytes) -> None:
         args = [claim.key, claim.token, states, int(self.terms.idle_s * 1000)]
         if not await self._run(self._keep, self._keys(claim.key), args):
-            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
+            raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence
 
     async def drop(self, claim: Claim) -> None:
         args = [claim.key, claim.token, int(self.terms.idle_s * 1000)]
         if not await self._run(self._drop, self._keys(claim.key), args):
-            raise busy(claim.key)  # the claim lapsed and another chunk took the sequence
+            raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence
 
     async def release(self, claim: Claim) -> None:
         await self._run(self._release, self._keys(claim.key), [claim.key, claim.token])

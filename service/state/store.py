@@ -6,8 +6,9 @@ that chunk, and how many chunks it has run. One chunk at a time: ``claim`` takes
 chunk under the caller's token and returns its states (None for a sequence that starts), then exactly one
 of ``keep`` (store the new states), ``drop`` (the sequence ended) or ``release`` (the chunk failed: nothing
 changes). The token is the caller's, so that a claim whose answer was lost (a deadline, a dropped
-connection) can still be released by it. A claim lapses after ``lease_s``, so that a worker that died
-mid-chunk does not hold its sequence for ever.
+connection) can still be released by it. A claim lapses after ``lease_s`` unless ``renew`` extends it (the
+pipeline renews it while its chunk runs), so that a worker or replica that died mid-chunk holds its
+sequence for ``lease_s`` at most; a lapsed claim can neither keep nor drop (its token no longer matches).
 
 Chunks may be numbered (0 for the start, then 1, 2, ...), so that a client can retry a chunk whose answer
 it never got without its being applied twice: a chunk numbered as the last one run is a replay, answered
@@ -50,7 +51,11 @@ class ExpiredSequence(SequenceError):
 
 
 class BusySequence(SequenceError):
-    pass
+    """Another chunk holds the sequence; ``retry_after`` is how long its claim has left, at most."""
+
+    def __init__(self, key: str, msg: str, retry_after: float) -> None:
+        super().__init__(key, msg)
+        self.retry_after = retry_after
 
 
 class EndedSequence(SequenceError):
@@ -97,6 +102,8 @@ class SequenceStore(Protocol):
 
     async def claim(self, key: str, start: bool, token: str, chunk: int | None = None) -> Claim: ...
 
+    async def renew(self, claim: Claim) -> None: ...
+
     async def keep(self, claim: Claim, states: bytes) -> None: ...
 
     async def drop(self, claim: Claim) -> None: ...
@@ -106,8 +113,9 @@ class SequenceStore(Protocol):
     async def close(self) -> None: ...
 
 
-def busy(key: str) -> BusySequence:
-    return BusySequence(key, f"Sequence {key!r} is running another chunk; send the next one when it is answered")
+def busy(key: str, retry_after: float) -> BusySequence:
+    msg = f"Sequence {key!r} is running another chunk; send the next one when it is answered"
+    return BusySequence(key, msg, retry_after)
 
 
 def unknown(key: str) -> UnknownSequence:
