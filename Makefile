@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test store-server lint format docs train export bench soak docker-test clean
+.PHONY: setup serve test store-server lint format docs train export bench soak scale-test docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,14 @@ soak: $(VENV)/.dev-deps
 	$(BIN)/python -m bench.soak
 
 # Builds the images and runs the compose stack on a real Docker engine (../shared/docker); not in `make test`.
+# Replicas behind HAProxy with a shared Valkey (deploy/fleet.py): streams survive a replica killed mid-way,
+# then throughput with 1, 2 and 3 replicas (bench/results/scale.md).
+scale-test: $(VENV)/.dev-deps store-server
+	@command -v haproxy >/dev/null || apt-get install -y -qq --no-install-recommends haproxy >/dev/null || \
+		{ echo "make scale-test needs haproxy: apt-get install haproxy"; exit 1; }
+	$(BIN)/python -m pytest -m scale tests/scale
+	$(BIN)/python -m bench.scale
+
 docker-test: $(VENV)/.dev-deps
 	PYTHON=$(BIN)/python docker/test.sh
 

@@ -151,7 +151,7 @@ def test_the_overlays_choose_the_image_workers_and_gpu() -> None:
     assert pod(one(cpu, "Deployment"))["containers"][0]["image"] == "lstm-service:cpu"
     assert settings_from(environment(cpu)).provider == "cpu"
     (container,) = pod(one(gpu, "Deployment"))["containers"]
-    assert container["image"] == "lstm-service:latest" and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["image"] == "lstm-service:gpu" and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     settings = settings_from(environment(gpu))
     assert settings.workers == 1 and settings.provider == "cuda"
     assert "nvidia.com/gpu" not in str(one(cpu, "Deployment"))
