@@ -15,18 +15,22 @@
 ``AsyncClient`` and ``AsyncStream`` do the same with ``await``. ``stream(transport="websocket")``
 keeps the states on the server (one connection per stream) instead of sending them each time.
 
-Requests that get no answer (a dropped connection, a timeout), a 502/503/504, or a 409 that says to retry
-(``Retry-After``) are sent again, up to ``retries`` times with growing pauses: every request this client
-makes is safe to repeat (a prediction is a pure function of its inputs and states, and a server-held
-sequence's chunks are numbered, so the server answers a repeat without applying it twice).
+Inference requests over HTTP (``predict``, and the chunks of ``stream()`` and ``sequence()``) that get no
+answer (a refused, broken or timed-out connection), a 502/503/504, or a 409 that says to retry
+(``Retry-After``) are sent again, up to ``retries`` times with growing, jittered pauses: each is safe to
+repeat (a prediction is a pure function of its inputs and states, and a server-held sequence's chunks are
+numbered, so the server answers a repeat without applying it twice). When the retries run out, the last
+answer raises ``ServiceError``, or the last connection error (an ``httpx`` error) is raised as it came.
+WebSocket streams are not retried: a server-held sequence resumes on a new connection by its id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import math
 import os
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,22 +94,29 @@ class ServiceError(RuntimeError):
 
 
 RETRY_STATUSES = (502, 503, 504)
+MAX_PAUSE_S = 5.0  # the longest wait between two attempts, whatever Retry-After says
+# No answer that another attempt may get: the connection failed, broke, or timed out. Not a request this
+# client cannot make (an unsupported URL, a malformed header): that fails the same way every time.
+RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
 def _pause(answer: httpx.Response | None, attempt: int, retries: int) -> float | None:
     """How long to wait before sending a request again (no answer, or one that says to retry), or None when
-    what came back is final."""
+    what came back is final. Backoff doubles from 50 ms, jittered so that clients failed together do not
+    retry together; a Retry-After is honoured up to ``MAX_PAUSE_S``."""
     if attempt >= retries:
         return None
-    backoff = 0.05 * 2.0**attempt
+    backoff = 0.05 * 2.0**attempt * (0.5 + random.random())
     if answer is None:
-        return backoff
+        return min(backoff, MAX_PAUSE_S)
     asked = answer.headers.get("retry-after")
     if answer.status_code not in RETRY_STATUSES and not (answer.status_code == 409 and asked):
         return None
-    with contextlib.suppress(ValueError):
-        return min(float(asked), 5.0) if asked else backoff
-    return backoff
+    try:
+        seconds = float(asked) if asked else backoff
+    except ValueError:
+        seconds = backoff  # an HTTP date, or nonsense: back off as without one
+    return min(seconds, MAX_PAUSE_S) if math.isfinite(seconds) and seconds >= 0 else backoff
 
 
 def _final(answer: httpx.Response | None, failure: Exception | None) -> httpx.Response:
@@ -123,7 +134,7 @@ class _Base:
         model: str | None = None,
         version: str | None = None,
         api_key: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = 40.0,  # longer than the service's own deadline (30 s): its answer is not cut off
         retries: int = 3,
     ) -> None:
         self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
@@ -149,17 +160,18 @@ class Client(_Base):
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
         """POST to the model's predict route, sent again while the answer says to (see the module's text)."""
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             answer, failure = None, None
             try:
                 answer = self.http.post(_predict_path(self.model, self.version), json=body)
-            except httpx.TransportError as e:
+            except RETRYABLE as e:
                 failure = e
             pause = _pause(answer, attempt, self.retries)
             if pause is None:
                 return _final(answer, failure)
             time.sleep(pause)
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def sequence(self, sequence_id: int | str | None = None) -> HeldSequence:
         """A long sequence whose states the server keeps (any worker or replica); a new id when none is given."""
@@ -281,17 +293,18 @@ class AsyncClient(_Base):
         return _prediction(await self._post(_body(inputs, h0, c0)))
 
     async def _post(self, body: dict[str, Any]) -> httpx.Response:
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             answer, failure = None, None
             try:
                 answer = await self.http.post(_predict_path(self.model, self.version), json=body)
-            except httpx.TransportError as e:
+            except RETRYABLE as e:
                 failure = e
             pause = _pause(answer, attempt, self.retries)
             if pause is None:
                 return _final(answer, failure)
             await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def sequence(self, sequence_id: int | str | None = None) -> AsyncHeldSequence:
         return AsyncHeldSequence(self, sequence_id)

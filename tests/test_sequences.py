@@ -100,7 +100,7 @@ def test_a_chunk_out_of_order_is_a_409_naming_its_number(c: TestClient) -> None:
     assert r.json()["detail"] == [
         {
             "loc": ["body", "sequence", "chunk"],
-            "msg": "Sequence 'order' expects chunk 2 next; chunk 3 comes before it",
+            "msg": "Chunk 3 skips ahead; 2 is next, in sequence 'order'",
             "type": "sequence_chunk_order",
             "ctx": {"expected": 2},
         }
@@ -113,6 +113,17 @@ def test_a_chunk_out_of_order_is_a_409_naming_its_number(c: TestClient) -> None:
             ws.receive_json()
     assert closed.value.code == 1007 and closed.value.reason.startswith("sequence.chunk: ")
     assert rest(c, x, {"id": "order", "chunk": 2}).status_code == 200  # refusals changed nothing
+    r = rest(c, x, {"id": "order", "chunk": 1})
+    assert r.status_code == 409 and r.json()["detail"][0]["msg"].startswith("Chunk 1 was already run; 3 is next")
+    r = rest(c, x + 1, {"id": "order", "chunk": 2})  # the last chunk's number, other inputs: not a retry
+    assert r.status_code == 409 and r.json()["detail"][0]["type"] == "sequence_chunk_reused", r.text
+    assert r.json()["detail"][0]["msg"] == (
+        "Chunk 2 was run with other inputs; 3 is next (a retry resends the same chunk)"
+    )
+    r = rest(c, x, {"id": "order", "chunk": 2, "end": True})  # nor is the same inputs ending it
+    assert r.status_code == 409 and r.json()["detail"][0]["type"] == "sequence_chunk_reused"
+    assert rest(c, x, {"id": "order", "chunk": 2}).status_code == 200  # the true retry is a replay
+    assert rest(c, x, {"id": "order", "chunk": 3}).status_code == 200
 
 
 def test_the_same_sequence_on_every_protocol(c: TestClient, weather: np.ndarray) -> None:
@@ -195,6 +206,9 @@ def test_a_request_naming_a_sequence_holds_one(c: TestClient) -> None:
         ({"sequence_id": 1, "sequence_end": 0}, "sequence_end"),
         ({"sequence_id": "never-started"}, "sequence_id"),
         ({"sequence_chunk": 1}, "sequence_chunk"),
+        ({"sequence_chunk": 0}, "sequence_chunk"),
+        ({"sequence_chunk": False}, "sequence_chunk"),
+        ({"sequence_chunk": 0.0}, "sequence_chunk"),
         ({"sequence_id": 1, "sequence_chunk": -1}, "sequence_chunk"),
         ({"sequence_id": 1, "sequence_chunk": "2"}, "sequence_chunk"),
         ({"sequence_id": 1, "sequence_start": True, "sequence_chunk": 3}, "sequence_chunk"),

@@ -22,6 +22,7 @@ from service.state.store import (
     EndedSequence,
     ExpiredSequence,
     OutOfOrder,
+    ReusedChunk,
     SequenceStore,
     StoreFull,
     StoreUnavailable,
@@ -123,10 +124,10 @@ def test_a_sequence_starts_goes_on_and_ends(opener: Opener) -> None:
                 await store.keep(claim, states(seed))
             claim = await store.claim("m:a", start=False, token=tok())
             await store.drop(claim)
-            with pytest.raises(EndedSequence, match="'m:a' ended"):
+            with pytest.raises(EndedSequence, match=r"^ended$"):
                 await store.claim("m:a", start=False, token=tok())
             await asyncio.sleep(TERMS.idle_s + 0.1)
-            with pytest.raises(UnknownSequence, match="'m:a' is not known"):  # then forgotten
+            with pytest.raises(UnknownSequence, match=r"^unknown$"):  # then forgotten
                 await store.claim("m:a", start=False, token=tok())
 
     asyncio.run(run())
@@ -144,6 +145,8 @@ def test_numbered_chunks_run_once_and_a_retry_of_the_last_replays_it(opener: Ope
             await store.keep(claim, states(2))  # its answer is lost on the way
             again = await store.claim("m:n", start=False, token=tok(), chunk=1)
             assert again.replay and again.states == states(1)  # the states it ran from, bit for bit
+            with pytest.raises(ReusedChunk):  # the same number with other inputs is no retry
+                await store.claim("m:n", start=False, token=tok(), chunk=1, inputs=b"other")
             for wrong in (0, 3, 7):
                 with pytest.raises(OutOfOrder) as refused:
                     await store.claim("m:n", start=False, token=tok(), chunk=wrong)
@@ -204,7 +207,7 @@ def test_one_chunk_at_a_time_and_a_failed_chunk_changes_nothing(opener: Opener) 
     async def run() -> None:
         async with opened(opener) as store:
             first = await store.claim("m:c", start=True, token=tok())
-            with pytest.raises(BusySequence, match="running another chunk"):
+            with pytest.raises(BusySequence, match=r"^busy$"):
                 await store.claim("m:c", start=True, token=tok())
             await store.release(first)  # the first chunk failed: the sequence was never started
             with pytest.raises(UnknownSequence):
@@ -258,7 +261,7 @@ def test_at_most_so_many_live_sequences(opener: Opener) -> None:
         async with opened(opener) as store:
             for k in range(TERMS.max_sequences):
                 await store.keep(await store.claim(f"m:{k}", start=True, token=tok()), states(k))
-            with pytest.raises(StoreFull, match="3 sequences are live"):
+            with pytest.raises(StoreFull, match=r"^3 sequences live$"):
                 await store.claim("m:more", start=True, token=tok())
             await store.drop(await store.claim("m:0", start=False, token=tok()))  # one ends: room for another
             await store.keep(await store.claim("m:more", start=True, token=tok()), states(7))
@@ -415,10 +418,16 @@ def test_an_embedded_store_of_an_earlier_version_is_brought_up_to_date(tmp_path:
 
     async def run() -> None:
         store = EmbeddedStore(path, TERMS)
-        claim = await store.claim("m:old", start=False, token=tok(), chunk=4)  # its count unknown: any number goes
+        claim = await store.claim("m:old", start=False, token=tok(), chunk=4)  # counted from its first number
         assert claim.states == states(1) and not claim.replay
-        await store.keep(claim, states(2))
-        assert (await store.claim("m:old", start=False, token=tok())).states == states(2)
+        await store.keep(
+            claim,
+            states(2),
+        )
+        assert (await store.claim("m:old", start=False, token=tok(), chunk=4)).replay  # from now on, counted
+        with pytest.raises(OutOfOrder):
+            await store.claim("m:old", start=False, token=tok(), chunk=9)
+        assert (await store.claim("m:old", start=False, token=tok(), chunk=5)).states == states(2)
         await store.close()
 
     asyncio.run(run())
@@ -445,5 +454,55 @@ def test_a_renewed_claim_outlasts_its_lease_and_a_dead_ones_lapses(opener: Opene
                 await store.keep(held, states(9))
             await store.keep(taken, states(2))
             assert (await store.claim("m:l", start=False, token=tok())).states == states(2)
+
+    asyncio.run(run())
+
+
+def test_workers_starting_together_bring_an_earlier_file_up_to_date_once(tmp_path: Path) -> None:
+    """Every worker opens the file at the same start: one adds the new columns, none fails on it."""
+    import sqlite3
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = tmp_path / "sequences.db"
+    for attempt in range(5):
+        path.unlink(missing_ok=True)
+        old = sqlite3.connect(path)
+        old.execute(
+            "CREATE TABLE sequences (key TEXT PRIMARY KEY, status TEXT NOT NULL, states BLOB, used REAL NOT NULL, "
+            "claimed_until REAL NOT NULL, token TEXT)"
+        )
+        old.commit()
+        old.close()
+        with ProcessPoolExecutor(4) as pool:
+            assert list(pool.map(_open_and_close, [path] * 4)) == [True] * 4, f"attempt {attempt}"
+
+
+def _open_and_close(path: Path) -> bool:
+    EmbeddedStore(path, TERMS).db.close()
+    return True
+
+
+def test_a_shared_sequence_from_before_chunks_were_counted_counts_from_its_first_number(
+    valkey_url: str,
+) -> None:
+    import redis
+
+    async def run() -> None:
+        store = SharedStore(valkey_url, TERMS)
+        store.prefix = f"legacy{os.urandom(4).hex()}:"
+        raw = redis.Redis.from_url(valkey_url)
+        (key, live) = store._keys("m:old")
+        now = int(time.time() * 1000)
+        raw.hset(key, mapping={"status": "live", "states": states(1), "used": now, "claimed_until": 0})
+        raw.zadd(live, {"m:old": now})
+        claim = await store.claim("m:old", start=False, token=tok(), chunk=4)
+        assert claim.states == states(1) and not claim.replay
+        await store.keep(claim, states(2))
+        assert (await store.claim("m:old", start=False, token=tok(), chunk=4)).replay
+        with pytest.raises(OutOfOrder):
+            await store.claim("m:old", start=False, token=tok(), chunk=9)
+        assert (await store.claim("m:old", start=False, token=tok(), chunk=5)).states == states(2)
+        raw.close()
+        await store.close()
 
     asyncio.run(run())

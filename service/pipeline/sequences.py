@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -33,6 +34,7 @@ from ..state.store import (
     EndedSequence,
     ExpiredSequence,
     OutOfOrder,
+    ReusedChunk,
     SequenceStore,
     StoreFull,
     StoreUnavailable,
@@ -161,7 +163,8 @@ class Sequences:
         done = False
         try:
             try:
-                claim = await self.store.claim(claim.key, ref.start, claim.token, ref.chunk)
+                inputs = b"" if ref.chunk is None else _digest(call.batch.x[0], ref.end)
+                claim = await self.store.claim(claim.key, ref.start, claim.token, ref.chunk, inputs)
             except REFUSED:
                 done = True  # refused: nothing was claimed
                 raise
@@ -204,9 +207,13 @@ class Sequences:
             return InvalidInput([error(ref.loc, msg, "sequence_ended")])
         if isinstance(e, OutOfOrder):
             got = ref.chunk
-            why = "was already run" if got is not None and got < e.expected else "comes before it"
-            msg = f"Sequence {name} expects chunk {e.expected} next; chunk {got} {why}"
+            why = "was already run" if got is not None and got < e.expected else "skips ahead"
+            msg = f"Chunk {got} {why}; {e.expected} is next, in sequence {name}"  # numbers first: reasons are cut
             return ChunkOutOfOrder([error(ref.chunk_loc, msg, "sequence_chunk_order", expected=e.expected)])
+        if isinstance(e, ReusedChunk):
+            expected = (ref.chunk or 0) + 1
+            msg = f"Chunk {ref.chunk} was run with other inputs; {expected} is next (a retry resends the same chunk)"
+            return ChunkOutOfOrder([error(ref.chunk_loc, msg, "sequence_chunk_reused", expected=expected)])
         if isinstance(e, ExpiredSequence):
             msg = f"Sequence {name} expired after {self.store.terms.idle_s:g} s without a chunk: start it again"
             return InvalidInput([error(ref.loc, msg, "sequence_expired")])
@@ -222,7 +229,12 @@ class Sequences:
         return StoreDown("The sequence store cannot be reached; retry shortly")
 
 
-REFUSED = (UnknownSequence, EndedSequence, ExpiredSequence, BusySequence, StoreFull, OutOfOrder)
+REFUSED = (UnknownSequence, EndedSequence, ExpiredSequence, BusySequence, StoreFull, OutOfOrder, ReusedChunk)
+
+
+def _digest(x: np.ndarray, end: bool) -> bytes:
+    """What a replay must match: the chunk's inputs (float32, as run) and whether it ends the sequence."""
+    return hashlib.blake2b(np.ascontiguousarray(x, dtype=np.float32).tobytes() + bytes([end]), digest_size=16).digest()
 
 
 class _Hold:

@@ -24,7 +24,7 @@ from ..model.batch import Batch
 from ..model.contract import FINAL_STATES, INPUTS, OUTPUTS, ModelSpec
 from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
-from ..pipeline.errors import InvalidInput, ServiceError, error
+from ..pipeline.errors import ChunkOutOfOrder, InvalidInput, ServiceError, error
 from ..pipeline.rules import Limits
 from ..pipeline.sequences import SequenceRef, chunk_number, sequence_id
 
@@ -153,9 +153,10 @@ def _sequence(parameters: RequestParameters | None) -> SequenceRef | None:
     ``sequence_end`` mean nothing without it, and are refused rather than ignored."""
     p = parameters or RequestParameters()
     if p.sequence_id is None:
-        for flag in ("sequence_start", "sequence_end", "sequence_chunk"):
-            if getattr(p, flag) not in (None, False):
-                raise InvalidInput([error(("parameters", flag), f"{flag} needs a sequence_id", "missing")])
+        given = [f for f in ("sequence_start", "sequence_end") if getattr(p, f)]  # false flags say nothing
+        given += ["sequence_chunk"] if p.sequence_chunk is not None else []
+        if given:
+            raise InvalidInput([error(("parameters", given[0]), f"{given[0]} needs a sequence_id", "missing")])
         return None
     loc, start = ("parameters", "sequence_id"), bool(p.sequence_start)
     chunk_loc = ("parameters", "sequence_chunk")
@@ -316,7 +317,8 @@ def _batch(arrays: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Ba
 def error_response(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
     """Status, body and headers: the protocol's one mapping of the pipeline's errors (400 for invalid input)."""
     if isinstance(exc, InvalidInput):
-        return 400 if exc.status == 422 else exc.status, orjson.dumps({"error": exc.lines()}), {}
+        status = exc.status if isinstance(exc, ChunkOutOfOrder) else 400  # a conflict with the sequence: 409
+        return status, orjson.dumps({"error": exc.lines()}), {}
     return exc.status, orjson.dumps({"error": str(exc)}), dict(exc.headers)
 
 

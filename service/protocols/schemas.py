@@ -22,7 +22,7 @@ class SequenceSpec(BaseModel):
         description="The sequence: an unsigned integer or a string, the client's own."
     )
     start: bool = Field(default=False, description="This chunk starts (or restarts) it, from `h0`/`c0` or zeros.")
-    end: bool = Field(default=False, description="This chunk ends it: the server forgets its states.")
+    end: bool = Field(default=False, description="This chunk ends it: no chunk goes on from its states.")
     chunk: Annotated[int, Field(ge=0, le=MAX_CHUNK)] | None = Field(
         default=None,
         description="The chunk's number (0 for the start, then 1, 2, ...): a chunk sent again with the number of "

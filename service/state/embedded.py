@@ -16,7 +16,19 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .store import Claim, OutOfOrder, SequenceError, StoreUnavailable, Terms, busy, ended, expired, full, unknown
+from .store import (
+    Claim,
+    OutOfOrder,
+    SequenceError,
+    StoreUnavailable,
+    Terms,
+    busy,
+    ended,
+    expired,
+    full,
+    reused,
+    unknown,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sequences (
@@ -27,7 +39,8 @@ CREATE TABLE IF NOT EXISTS sequences (
     claimed_until REAL NOT NULL,      -- 0: free
     token TEXT,
     chunks INTEGER,                   -- chunks run (NULL: a sequence from before they were counted)
-    before BLOB                       -- the states before the last chunk (NULL after a start)
+    before BLOB,                      -- the states before the last chunk (NULL after a start)
+    inputs BLOB                       -- the caller's digest of the last chunk's inputs
 );
 CREATE INDEX IF NOT EXISTS sequences_used ON sequences (status, used);
 CREATE INDEX IF NOT EXISTS sequences_idle ON sequences (used);
@@ -45,52 +58,74 @@ class EmbeddedStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Workers start together and each sets the file up: at start, another's lock is waited for here
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT_S)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-            columns = {row[1] for row in self.db.execute("PRAGMA table_info(sequences)")}
-            for column, kind in (("chunks", "INTEGER"), ("before", "BLOB")):  # a file from an earlier version
-                if column not in columns:
-                    self.db.execute(f"ALTER TABLE sequences ADD COLUMN {column} {kind}")
+            deadline = time.monotonic() + OPEN_WAIT_S
+            while not self._set_up(deadline):
+                time.sleep(0.01)
             # then never: a lock held by another worker is waited for in _Transaction, the event loop free
             self.db.execute("PRAGMA busy_timeout = 0")
         except (OSError, sqlite3.Error) as e:
             raise StoreUnavailable(f"the sequence store {path} cannot be opened: {e}") from None
         self._swept = 0.0
 
+    def _set_up(self, deadline: float) -> bool:
+        """Write-ahead logging, the table, and the columns a file from an earlier version lacks. False where
+        another worker setting the file up at the same moment made SQLite refuse at once (it does, rather
+        than wait, where two would deadlock): try again."""
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self.db.execute("BEGIN IMMEDIATE")  # one worker adds the columns; the others then see them
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(sequences)")}
+            for column, kind in (("chunks", "INTEGER"), ("before", "BLOB"), ("inputs", "BLOB")):
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE sequences ADD COLUMN {column} {kind}")
+            self.db.execute("COMMIT")
+            return True
+        except sqlite3.OperationalError as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            return False
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db, self.path)
 
-    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None) -> Claim:
+    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None, inputs: bytes = b"") -> Claim:
         now = time.time()
         t = self.terms
         async with self._transaction() as db:
             if now - self._swept > SWEEP_EVERY_S:
                 self._swept = now
-                db.execute("DELETE FROM sequences WHERE used < ? AND claimed_until < ?", (now - 2 * t.idle_s, now))
+                db.execute(
+                    "DELETE FROM sequences WHERE claimed_until < ? AND (used < ? OR (status = 'ended' AND used < ?))",
+                    (now, now - 2 * t.idle_s, now - t.ended_s),
+                )
             row = db.execute(
-                "SELECT status, states, used, claimed_until, chunks, before FROM sequences WHERE key = ?", (key,)
+                "SELECT status, states, used, claimed_until, chunks, before, inputs FROM sequences WHERE key = ?",
+                (key,),
             ).fetchone()
             if row is not None and row[3] > now:
                 raise busy(key, row[3] - now)
             live = row is not None and row[0] == "live" and now - row[2] <= t.idle_s
             if not start:
-                if row is None or row[0] == "new" or (row[0] == "ended" and now - row[2] > t.idle_s):
+                if row is None or row[0] == "new" or (row[0] == "ended" and now - row[2] > t.ended_s):
                     raise unknown(key)
-                count, before = row[4], row[5]
-                if row[0] == "ended":
-                    if chunk is not None and count is not None and chunk == count - 1 and before is not None:
-                        return Claim(key, token, bytes(before), replay=True)
-                    raise ended(key)
-                if not live:
+                if row[0] == "live" and not live:
                     db.execute(
                         "UPDATE sequences SET status = 'expired', states = NULL, before = NULL WHERE key = ?", (key,)
                     )
+                if row[0] != "ended" and not live:
                     raise expired(key, t.idle_s)
-                if chunk is not None and count is not None and chunk != count:
-                    if chunk == count - 1 and before is not None:
-                        return Claim(key, token, bytes(before), replay=True)
-                    raise OutOfOrder(key, count)
+                count, before = row[4], row[5]
+                numbered = chunk is not None and count is not None
+                if row[0] == "ended" or (numbered and chunk != count):
+                    if not numbered or chunk != count - 1 or before is None:
+                        raise ended(key) if row[0] == "ended" else OutOfOrder(key, count)
+                    if bytes(row[6] or b"") != inputs:
+                        raise reused(key)
+                    return Claim(key, token, bytes(before), replay=True)
             elif not live:
                 count = db.execute(
                     "SELECT COUNT(*) FROM sequences WHERE status IN ('new', 'live') AND used >= ?", (now - t.idle_s,)
@@ -100,17 +135,19 @@ class EmbeddedStore:
             states = None if start else bytes(row[1])
             if start:
                 db.execute(
-                    "INSERT INTO sequences (key, status, states, used, claimed_until, token, chunks, before) "
-                    "VALUES (?, 'new', NULL, ?, ?, ?, 0, NULL) ON CONFLICT (key) DO UPDATE SET status = 'new', "
+                    "INSERT INTO sequences (key, status, states, used, claimed_until, token, chunks, before, inputs) "
+                    "VALUES (?, 'new', NULL, ?, ?, ?, 0, NULL, NULL) ON CONFLICT (key) DO UPDATE SET status = 'new', "
                     "states = NULL, used = excluded.used, claimed_until = excluded.claimed_until, "
-                    "token = excluded.token, chunks = 0, before = NULL",
+                    "token = excluded.token, chunks = 0, before = NULL, inputs = NULL",
                     (key, now, now + t.lease_s, token),
                 )
-            else:
+            else:  # a sequence from before chunks were counted starts counting at the first numbered one
+                adopt = chunk is not None and row[4] is None
                 db.execute(
-                    "UPDATE sequences SET claimed_until = ?, token = ? WHERE key = ?", (now + t.lease_s, token, key)
+                    "UPDATE sequences SET claimed_until = ?, token = ?, chunks = ? WHERE key = ?",
+                    (now + t.lease_s, token, chunk if adopt else row[4], key),
                 )
-        return Claim(key, token, states)
+        return Claim(key, token, states, inputs=inputs)
 
     async def renew(self, claim: Claim) -> None:
         async with self._transaction() as db:
@@ -124,9 +161,9 @@ class EmbeddedStore:
     async def keep(self, claim: Claim, states: bytes) -> None:
         async with self._transaction() as db:
             done = db.execute(
-                "UPDATE sequences SET status = 'live', before = states, states = ?, chunks = chunks + 1, used = ?, "
-                "claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
-                (states, time.time(), claim.key, claim.token),
+                "UPDATE sequences SET status = 'live', before = states, states = ?, chunks = chunks + 1, inputs = ?, "
+                "used = ?, claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
+                (states, claim.inputs, time.time(), claim.key, claim.token),
             ).rowcount
         if not done:
             raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence
@@ -136,8 +173,8 @@ class EmbeddedStore:
         async with self._transaction() as db:
             done = db.execute(
                 "UPDATE sequences SET status = 'ended', before = states, states = NULL, chunks = chunks + 1, "
-                "used = ?, claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
-                (time.time(), claim.key, claim.token),
+                "inputs = ?, used = ?, claimed_until = 0, token = NULL WHERE key = ? AND token = ?",
+                (claim.inputs, time.time(), claim.key, claim.token),
             ).rowcount
         if not done:
             raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence

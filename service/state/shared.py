@@ -14,35 +14,35 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .store import Claim, OutOfOrder, StoreUnavailable, Terms, busy, ended, expired, full, unknown
+from .store import Claim, OutOfOrder, StoreUnavailable, Terms, busy, ended, expired, full, reused, unknown
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 CLAIM = (
     _NOW
     + """
 local idle, max, lease, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local ended = tonumber(ARGV[8])
 local h = redis.call('HMGET', KEYS[1], 'status', 'used', 'claimed_until', 'chunks')
 local status, used, claimed, count = h[1], tonumber(h[2]), tonumber(h[3]), tonumber(h[4])
 if status and claimed and claimed > now then return {'busy', claimed - now} end
 local live = status == 'live' and now - used <= idle
 if ARGV[2] == '0' then
-  if (not status) or status == 'new' or (status == 'ended' and now - used > idle) then return {'unknown'} end
-  local replay = chunk >= 0 and count and chunk == count - 1
-  if status == 'ended' then
-    local before = replay and redis.call('HGET', KEYS[1], 'before')
-    if before then return {'replay', before} end
-    return {'ended'}
-  end
-  if not live then
+  if (not status) or status == 'new' or (status == 'ended' and now - used > ended) then return {'unknown'} end
+  if status ~= 'ended' and not live then
     redis.call('HSET', KEYS[1], 'status', 'expired')
     redis.call('HDEL', KEYS[1], 'states', 'before')
     redis.call('ZREM', KEYS[2], ARGV[1])
     return {'expired'}
   end
-  if chunk >= 0 and count and chunk ~= count then
-    local before = replay and redis.call('HGET', KEYS[1], 'before')
-    if before then return {'replay', before} end
-    return {'order', count}
+  local numbered = chunk >= 0 and count
+  if status == 'ended' or (numbered and chunk ~= count) then
+    local before = numbered and chunk == count - 1 and redis.call('HGET', KEYS[1], 'before')
+    if not before then
+      if status == 'ended' then return {'ended'} end
+      return {'order', count}
+    end
+    if (redis.call('HGET', KEYS[1], 'inputs') or '') ~= ARGV[9] then return {'reused'} end
+    return {'replay', before}
   end
 elseif not live then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - idle - 1)
@@ -52,6 +52,8 @@ local states = false
 if ARGV[2] == '0' then states = redis.call('HGET', KEYS[1], 'states') end
 if ARGV[2] == '0' then
   redis.call('HSET', KEYS[1], 'claimed_until', now + lease, 'token', ARGV[3])
+  -- a sequence from before chunks were counted starts counting at the first numbered one
+  if chunk >= 0 and not count then redis.call('HSET', KEYS[1], 'chunks', chunk) end
 else
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'status', 'new', 'used', now, 'claimed_until', now + lease, 'token', ARGV[3], 'chunks', 0)
@@ -73,7 +75,7 @@ KEEP = (
     _NOW
     + _NEXT
     + """
-redis.call('HSET', KEYS[1], 'status', 'live', 'states', ARGV[3], 'used', now, 'claimed_until', 0)
+redis.call('HSET', KEYS[1], 'status', 'live', 'states', ARGV[3], 'inputs', ARGV[5], 'used', now, 'claimed_until', 0)
 redis.call('HDEL', KEYS[1], 'token')
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[4]))
@@ -84,10 +86,10 @@ DROP = (
     _NOW
     + _NEXT
     + """
-redis.call('HSET', KEYS[1], 'status', 'ended', 'used', now, 'claimed_until', 0)
+redis.call('HSET', KEYS[1], 'status', 'ended', 'inputs', ARGV[4], 'used', now, 'claimed_until', 0)
 redis.call('HDEL', KEYS[1], 'states', 'token')
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 """
 )
@@ -147,10 +149,10 @@ class SharedStore:
     def _where(self) -> str:
         return self.url.split("@")[-1].split("?")[0]  # never a password
 
-    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None) -> Claim:
+    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None, inputs: bytes = b"") -> Claim:
         t = self.terms
         number = -1 if chunk is None else chunk
-        args = [key, int(start), token, int(t.idle_s * 1000), t.max_sequences, int(t.lease_s * 1000), number]
+        args = [key, int(start), token, _ms(t.idle_s), t.max_sequences, _ms(t.lease_s), number, _ms(t.ended_s), inputs]
         answer = await self._run(self._claim, self._keys(key), args)
         assert isinstance(answer, list)
         outcome = answer[0].decode()
@@ -166,22 +168,24 @@ class SharedStore:
             raise ended(key)
         if outcome == "order":
             raise OutOfOrder(key, int(answer[1]))
+        if outcome == "reused":
+            raise reused(key)
         if outcome == "replay":
             return Claim(key, token, bytes(answer[1]), replay=True)
-        return Claim(key, token, bytes(answer[1]) if len(answer) > 1 else None)
+        return Claim(key, token, bytes(answer[1]) if len(answer) > 1 else None, inputs=inputs)
 
     async def renew(self, claim: Claim) -> None:
-        args = [claim.key, claim.token, int(self.terms.lease_s * 1000)]
+        args = [claim.key, claim.token, _ms(self.terms.lease_s)]
         if not await self._run(self._renew, self._keys(claim.key), args):
             raise busy(claim.key, self.terms.lease_s)  # it lapsed, and another chunk took the sequence
 
     async def keep(self, claim: Claim, states: bytes) -> None:
-        args = [claim.key, claim.token, states, int(self.terms.idle_s * 1000)]
+        args = [claim.key, claim.token, states, _ms(self.terms.idle_s), claim.inputs]
         if not await self._run(self._keep, self._keys(claim.key), args):
             raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence
 
     async def drop(self, claim: Claim) -> None:
-        args = [claim.key, claim.token, int(self.terms.idle_s * 1000)]
+        args = [claim.key, claim.token, _ms(self.terms.ended_s), claim.inputs]
         if not await self._run(self._drop, self._keys(claim.key), args):
             raise busy(claim.key, self.terms.lease_s)  # the claim lapsed and another chunk took the sequence
 
@@ -190,3 +194,7 @@ class SharedStore:
 
     async def close(self) -> None:
         await self.client.aclose(close_connection_pool=True)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)

@@ -13,13 +13,15 @@ sequence for ``lease_s`` at most; a lapsed claim can neither keep nor drop (its 
 Chunks may be numbered (0 for the start, then 1, 2, ...), so that a client can retry a chunk whose answer
 it never got without its being applied twice: a chunk numbered as the last one run is a replay, answered
 from the states before it and changing nothing (``Claim.replay``); any other number but the next is
-refused (``OutOfOrder``). An ended sequence is remembered for ``idle_s`` so that its last chunk can be
-replayed too. A start is always a start: it resets the sequence, which retrying it does again, the same way.
+refused (``OutOfOrder``), and so is a replay whose inputs are not those of the chunk it repeats
+(``ReusedChunk``: the caller gives a digest of them). An ended sequence is remembered for ``ended_s`` (five
+minutes, or ``idle_s`` if shorter) so that its last chunk can be replayed too. A start is always a start: it
+resets the sequence, which retrying it does again, the same way.
 
 Semantics every store keeps (``tests/test_state.py`` runs each store through them):
 
 - a sequence that was never started is unknown without a start (``UnknownSequence``); one that ended is
-  told so (``EndedSequence``) for ``idle_s``, then is unknown;
+  told so (``EndedSequence``) for ``ended_s``, then is unknown;
 - a start (re)starts it, from no states;
 - a second chunk while one runs is refused (``BusySequence``), never run at the same time;
 - a sequence idle for ``idle_s`` expires: the next chunk is told so (``ExpiredSequence``) for another
@@ -70,8 +72,12 @@ class OutOfOrder(SequenceError):
     """A numbered chunk that is neither the next nor a replay of the last; ``expected`` is the next one's."""
 
     def __init__(self, key: str, expected: int) -> None:
-        super().__init__(key, f"Sequence {key!r} expects chunk {expected} next")
+        super().__init__(key, f"chunk out of order: {expected} next")
         self.expected = expected
+
+
+class ReusedChunk(SequenceError):
+    """The number of the last chunk run, sent with other inputs: not a retry of it."""
 
 
 class StoreUnavailable(Exception):
@@ -86,6 +92,7 @@ class Claim:
     token: str  # whose claim it is: a lapsed claim cannot store over a newer one
     states: bytes | None  # None: the sequence starts
     replay: bool = False  # a retry of the last chunk run: states are those before it, and nothing is held
+    inputs: bytes = b""  # the caller's digest of the chunk's inputs, kept with it: a replay must match it
 
 
 @dataclass(frozen=True)
@@ -96,11 +103,21 @@ class Terms:
     max_sequences: int  # live sequences at once
     lease_s: float  # a claim not kept, dropped or released by then lapses
 
+    @property
+    def ended_s(self) -> float:
+        """How long an ended sequence is remembered (its last chunk can be replayed, and it says it ended)."""
+        return min(self.idle_s, ENDED_KEEP_S)
+
+
+ENDED_KEEP_S = 300.0  # long enough for any client's retries; ended sequences do not count against the limit
+
 
 class SequenceStore(Protocol):
     terms: Terms
 
-    async def claim(self, key: str, start: bool, token: str, chunk: int | None = None) -> Claim: ...
+    async def claim(
+        self, key: str, start: bool, token: str, chunk: int | None = None, inputs: bytes = b""
+    ) -> Claim: ...
 
     async def renew(self, claim: Claim) -> None: ...
 
@@ -114,21 +131,24 @@ class SequenceStore(Protocol):
 
 
 def busy(key: str, retry_after: float) -> BusySequence:
-    msg = f"Sequence {key!r} is running another chunk; send the next one when it is answered"
-    return BusySequence(key, msg, retry_after)
+    return BusySequence(key, "busy", retry_after)
 
 
 def unknown(key: str) -> UnknownSequence:
-    return UnknownSequence(key, f"Sequence {key!r} is not known here: start it (sequence_start) first")
+    return UnknownSequence(key, "unknown")
 
 
 def expired(key: str, idle_s: float) -> ExpiredSequence:
-    return ExpiredSequence(key, f"Sequence {key!r} expired after {idle_s:g} s without a chunk: start it again")
+    return ExpiredSequence(key, f"expired after {idle_s:g} s")
 
 
 def ended(key: str) -> EndedSequence:
-    return EndedSequence(key, f"Sequence {key!r} ended: start it again to use its id anew")
+    return EndedSequence(key, "ended")
+
+
+def reused(key: str) -> ReusedChunk:
+    return ReusedChunk(key, "a replay with other inputs")
 
 
 def full(key: str, limit: int) -> StoreFull:
-    return StoreFull(key, f"{limit} sequences are live, the most this server holds: end one, or retry later")
+    return StoreFull(key, f"{limit} sequences live")
