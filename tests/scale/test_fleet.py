@@ -5,6 +5,7 @@ and the only requests that failed are those in flight on the killed replica, whi
 
 import asyncio
 import re
+import signal
 import time
 from collections.abc import Iterator
 
@@ -48,13 +49,18 @@ def served(url: str) -> int:
     return int(sum(float(v) for v in re.findall(pattern, text)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def replicas() -> Iterator[Fleet]:
     with fleet(REPLICAS) as f:
         yield f
 
 
-def test_streams_finish_exactly_when_a_replica_dies(replicas: Fleet, weather: np.ndarray) -> None:
+@pytest.mark.parametrize(
+    "stop",
+    [signal.SIGKILL, signal.SIGTERM],
+    ids=["killed", "stopped"],  # a crash, and a graceful stop (a rolling update, a scale-down)
+)
+def test_streams_finish_exactly_when_a_replica_goes(replicas: Fleet, weather: np.ndarray, stop: signal.Signals) -> None:
     sequences = windows(weather, [STEPS] * (2 * STREAMS), np.random.default_rng(13))
     answered = 0
     killed_at: list[float] = []
@@ -67,7 +73,7 @@ def test_streams_finish_exactly_when_a_replica_dies(replicas: Fleet, weather: np
         answered += 1
         if answered == KILL_AFTER:
             served_by_doomed.append(served(doomed.url) - before[doomed.url])
-            doomed.kill()
+            doomed.kill(stop)
             killed_at.append(time.monotonic())
 
     async def stream(client: AsyncClient, x: np.ndarray, held: bool) -> np.ndarray:
@@ -99,15 +105,15 @@ def test_streams_finish_exactly_when_a_replica_dies(replicas: Fleet, weather: np
 
     (kill,) = killed_at
     failed = [(t, status) for t, status in recorder.attempts if status is None or status >= 500]
-    # Only requests in flight on the killed replica failed: at most one per stream, all at the kill (before
-    # HAProxy's health checks took the replica out); nothing failed before it or after.
+    # Only requests in flight on the replica that went failed: at most one per stream, all at the moment it
+    # went (before HAProxy's health checks took it out); nothing failed before it or after.
     assert len(failed) <= 2 * STREAMS, failed
     window = kill + 2 * HEALTH_CHECK_MS / 1000 + 1.0
     assert all(kill <= t <= window for t, _ in failed), (kill, failed)
     busy = [t for t, status in recorder.attempts if status == 409]  # a retry waiting for a dead claim to lapse
     assert all(t >= kill for t in busy)
     assert not [s for _, s in recorder.attempts if s is not None and 400 <= s < 500 and s != 409]
-    # Every replica served chunks: the killed one before it died, the others throughout
+    # Every replica served chunks: the one that went before it went, the others throughout
     assert served_by_doomed[0] > 0
     for replica in (r for r in replicas.replicas if r is not doomed):
         assert served(replica.url) - before[replica.url] > 0
