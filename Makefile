@@ -17,13 +17,22 @@ $(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
 	touch $@
 
 # KServe's SDK without its dependencies (a model server's worth, pinned apart from ours): its models check
-# deploy/kubernetes/kserve in tests/test_kubernetes.py.
+# deploy/kubernetes/kserve in tests/test_kubernetes.py. A stamp of its own: changing the pin reinstalls it.
 KSERVE_SDK := kserve==0.21.0
 
-$(VENV)/.dev-deps: pyproject.toml Makefile | $(BIN)/python
+$(VENV)/.dev-deps: pyproject.toml $(VENV)/.kserve-sdk-$(KSERVE_SDK) | $(BIN)/python
 	$(PIP) -e '.[train,dev]'
-	$(PIP) --no-deps --upgrade --target $(VENV)/kserve-sdk '$(KSERVE_SDK)'
 	touch $@ $(VENV)/.serve-deps
+
+$(VENV)/.kserve-sdk-$(KSERVE_SDK): | $(BIN)/python
+	rm -rf $(VENV)/kserve-sdk $(VENV)/.kserve-sdk-*
+	$(PIP) --no-deps --target $(VENV)/kserve-sdk '$(KSERVE_SDK)'
+	touch $@
+
+# A Debian package where apt-get can (root), refreshing the package lists once if the install fails.
+APT_INSTALL = [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	{ apt-get install -y -qq --no-install-recommends $(1) >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $(1) >/dev/null 2>&1; }; }
 
 setup: $(VENV)/.dev-deps
 
@@ -37,9 +46,7 @@ test: $(VENV)/.dev-deps store-server
 
 store-server:
 	@command -v valkey-server >/dev/null || command -v redis-server >/dev/null || \
-	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  { apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; }; } || \
+	{ $(call APT_INSTALL,redis-server) || \
 	  echo "no valkey-server or redis-server: the shared-store tests will be skipped (apt-get install redis-server)"; }
 
 lint: $(VENV)/.dev-deps
@@ -78,7 +85,7 @@ soak: $(VENV)/.dev-deps
 # Replicas behind HAProxy with a shared Valkey (deploy/fleet.py): streams survive a replica killed mid-way,
 # then throughput with 1, 2 and 3 replicas (bench/results/scale.md).
 scale-test: $(VENV)/.dev-deps store-server
-	@command -v haproxy >/dev/null || apt-get install -y -qq --no-install-recommends haproxy >/dev/null || \
+	@command -v haproxy >/dev/null || { $(call APT_INSTALL,haproxy); } || \
 		{ echo "make scale-test needs haproxy: apt-get install haproxy"; exit 1; }
 	$(BIN)/python -m pytest -m scale tests/scale
 	$(BIN)/python -m bench.scale

@@ -134,8 +134,8 @@ class _Base:
         model: str | None = None,
         version: str | None = None,
         api_key: str | None = None,
-        timeout: float = 40.0,  # longer than the service's own deadline (30 s): its answer is not cut off
-        retries: int = 3,
+        timeout: float = 40.0,  # longer than the service's default deadline (LSTM_REQUEST_TIMEOUT_S): not cut off first
+        retries: int = 5,  # about 1.5 s of backoff without an answer: a dead replica is out of the balancer by then
     ) -> None:
         self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -26,7 +26,8 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 K8S_VERSION = "1.32.0"  # the schemas the manifests are checked against (kubectl here is a 1.32 client)
-KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu"]
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu"]  # our own Deployment
+RENDERED = [*KUSTOMIZATIONS, "kserve"]  # and KServe's custom predictor, with the same settings and Valkey
 WORKLOADS = ("Deployment", "StatefulSet")
 
 Doc = dict[str, Any]
@@ -65,7 +66,7 @@ def settings_from(env: dict[str, str]) -> Settings:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed: nothing to compare with")
-@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+@pytest.mark.parametrize("folder", RENDERED)
 def test_the_python_renderer_renders_what_kubectl_does(folder: str) -> None:
     def key(d: Doc) -> tuple[str, str]:
         return d["kind"], d["metadata"]["name"]
@@ -73,14 +74,17 @@ def test_the_python_renderer_renders_what_kubectl_does(folder: str) -> None:
     assert sorted(render(ROOT / folder), key=key) == sorted(rendered(folder), key=key)
 
 
-@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+@pytest.mark.parametrize("folder", RENDERED)
 def test_every_manifest_validates_against_the_kubernetes_schemas(folder: str) -> None:
     docs = rendered(folder)
-    assert {d["kind"] for d in docs} == {
-        "ConfigMap", "Service", "Deployment", "StatefulSet", "PodDisruptionBudget", "HorizontalPodAutoscaler"
-    }  # fmt: skip
+    kinds = {"ConfigMap", "Service", "StatefulSet"}  # the settings and Valkey, everywhere
+    kinds |= (
+        {"InferenceService"} if folder == "kserve" else {"Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    )
+    assert {d["kind"] for d in docs} == kinds
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        if doc["kind"] != "InferenceService":  # KServe's own kind: checked against its SDK below
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_the_validation_fails_where_a_manifest_is_wrong() -> None:
@@ -90,37 +94,52 @@ def test_the_validation_fails_where_a_manifest_is_wrong() -> None:
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+def serving(docs: list[Doc]) -> tuple[Doc, Doc, Settings]:
+    """The pod spec that serves (our Deployment's, or KServe's predictor), its container, and the settings
+    it runs with: the ConfigMap's, then the container's own variables over them."""
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    spec = pod(deployments[0]) if deployments else one(docs, "InferenceService", "seattle-weather")["spec"]["predictor"]
+    (container,) = spec["containers"]
+    env = {**environment(docs), **{e["name"]: e["value"] for e in container.get("env", [])}}
+    return spec, container, settings_from(env)
+
+
+@pytest.mark.parametrize("folder", RENDERED)
 def test_probes_port_and_drain_come_from_the_service(folder: str) -> None:
     docs = rendered(folder)
-    settings = settings_from(environment(docs))
-    spec = pod(one(docs, "Deployment"))
-    (container,) = spec["containers"]
-    assert container["ports"] == [{"name": "http", "containerPort": settings.port, "protocol": "TCP"}]
+    spec, container, settings = serving(docs)
+    (port,) = container["ports"]
+    assert port["containerPort"] == settings.port and port["protocol"] == "TCP"
     assert settings.host == "0.0.0.0"  # reachable from outside the pod
     paths = served_paths()
-    probes = {"startupProbe": "/health/live", "livenessProbe": "/health/live", "readinessProbe": "/health/ready"}
-    for probe, path in probes.items():
-        assert container[probe]["httpGet"] == {"path": path, "port": "http"} and path in paths
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if probe in container or probe != "startupProbe":
+            check = container[probe]["httpGet"]
+            assert check["path"] in paths and check["port"] in (port.get("name"), settings.port), (probe, check)
+    assert container["readinessProbe"]["httpGet"]["path"].endswith("/health/ready")
     # preStop, then the service's own drain on SIGTERM (as long as a request may take), then time to exit
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + settings.request_timeout_s + 1
-    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] in paths and int(annotations["prometheus.io/port"]) == settings.port
-    service = one(docs, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
-    assert service["spec"]["selector"].items() <= spec.get("labels", pod_labels(docs)).items()
-    assert settings.state_url == "redis://lstm-valkey:6379/0" and one(docs, "Service", "lstm-valkey")
+    valkey = one(docs, "Service", "lstm-valkey")["spec"]["ports"][0]
+    assert settings.state_url == f"redis://lstm-valkey:{valkey['port']}/0"  # the Valkey these manifests run
+    if folder != "kserve":
+        annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/path"] in paths and int(annotations["prometheus.io/port"]) == settings.port
+        service = one(docs, "Service")
+        assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+        assert service["spec"]["selector"].items() <= pod_labels(docs).items()
 
 
 def pod_labels(docs: list[Doc]) -> dict[str, str]:
     return dict(one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"])
 
 
-@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+@pytest.mark.parametrize("folder", RENDERED)
 def test_every_container_runs_unprivileged_within_its_resources(folder: str) -> None:
-    for doc in (d for d in rendered(folder) if d["kind"] in WORKLOADS):
-        spec = pod(doc)
+    docs = rendered(folder)
+    specs = [pod(d) for d in docs if d["kind"] in WORKLOADS]
+    specs += [d["spec"]["predictor"] for d in docs if d["kind"] == "InferenceService"]
+    for spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
         for container in spec["containers"]:
             context = container["securityContext"]
@@ -141,6 +160,7 @@ def test_the_autoscaler_scales_on_a_gauge_the_service_exports(folder: str) -> No
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"] == ["cpu"]
     (rule,) = yaml.safe_load((ROOT / "prometheus-adapter.yaml").read_text())["rules"]["custom"]
     assert rule["seriesQuery"].startswith(custom + "{") and rule["name"]["as"] == custom
+    assert "by (<<.GroupBy>>)" in rule["metricsQuery"] and "<<.Series>>" in rule["metricsQuery"]  # per pod
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels(docs).items()
@@ -225,14 +245,17 @@ def check(models: types.ModuleType, value: Any, kind: str, where: str) -> None:
         assert not errors, f"{where}: {errors[0].message}"
 
 
-KSERVE = sorted((ROOT / "kserve").glob("*.yaml"))
+TRITON = ROOT / "kserve" / "triton" / "inferenceservice.yaml"
 
 
-@pytest.mark.parametrize("path", KSERVE, ids=lambda p: p.stem)
-def test_the_inference_services_are_valid_kserve(kserve_models: types.ModuleType, path: Path) -> None:
-    doc = yaml.safe_load(path.read_text())
+def inference_services() -> list[Doc]:
+    return [d for d in rendered("kserve") if d["kind"] == "InferenceService"] + [yaml.safe_load(TRITON.read_text())]
+
+
+@pytest.mark.parametrize("doc", inference_services(), ids=lambda d: d["metadata"]["name"])
+def test_the_inference_services_are_valid_kserve(kserve_models: types.ModuleType, doc: Doc) -> None:
     assert doc["apiVersion"] == "serving.kserve.io/v1beta1" and doc["kind"] == "InferenceService"
-    check(kserve_models, doc, "V1beta1InferenceService", path.name)
+    check(kserve_models, doc, "V1beta1InferenceService", doc["metadata"]["name"])
 
 
 @pytest.mark.parametrize(
@@ -253,22 +276,28 @@ def test_the_kserve_check_fails_where_a_manifest_is_wrong(
         check(kserve_models, doc, "V1beta1InferenceService", "doc")
 
 
-def test_the_custom_predictor_serves_this_service() -> None:
-    doc = yaml.safe_load((ROOT / "kserve" / "inferenceservice-custom.yaml").read_text())
-    (container,) = doc["spec"]["predictor"]["containers"]
-    settings = settings_from({e["name"]: e["value"] for e in container["env"]})
-    assert container["ports"][0]["containerPort"] == settings.port and settings.host == "0.0.0.0"
-    paths = served_paths()
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] in paths and container[probe]["httpGet"]["port"] == settings.port
-    base = pod(one(rendered("base"), "Deployment"))["containers"][0]
-    assert container["resources"] == base["resources"]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+def test_the_custom_predictor_runs_as_the_base_does() -> None:
+    """What KServe cannot take from the base (its pods are its own) is the base's, written again: checked."""
+    _, custom, _ = serving(rendered("kserve"))
+    _, base, _ = serving(rendered("overlays/cpu"))
+    for field in ("image", "resources", "securityContext", "lifecycle", "volumeMounts", "envFrom"):
+        assert custom[field] == base[field], field
+    cpu = environment(rendered("overlays/cpu"))
+    assert {e["name"]: e["value"] for e in custom["env"]} == {k: cpu[k] for k in ("LSTM_WORKERS", "LSTM_PROVIDER")}
 
 
 def test_the_triton_runtime_serves_the_same_repository() -> None:
-    doc = yaml.safe_load((ROOT / "kserve" / "inferenceservice-triton.yaml").read_text())
-    model = doc["spec"]["predictor"]["model"]
+    """The repository Triton is pointed at is the service's own (its folder name), and every model in it
+    is described as Triton reads it."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    model = yaml.safe_load(TRITON.read_text())["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2"
-    assert model["storageUri"].endswith("/models")  # the repository folder, as make export writes it
-    assert any((ROOT.parents[1] / "models").glob("*/config.pbtxt"))  # the shipped repository is Triton's shape
+    repository = ROOT.parents[1] / Settings().model_repository
+    assert model["storageUri"].rstrip("/").endswith("/" + repository.name)
+    configs = sorted(repository.glob("*/config.pbtxt"))
+    assert configs
+    for path in configs:
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        assert config.name == path.parent.name and config.backend == "onnxruntime"

@@ -250,9 +250,10 @@ class _Hold:
         self.task = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:
-        with contextlib.suppress(BusySequence, StoreUnavailable):  # lapsed, or out of reach: keep will say
+        with contextlib.suppress(BusySequence):  # lapsed, and taken by another chunk: keep will say so
             while True:
-                await self.store.renew(self.claim)
+                with contextlib.suppress(StoreUnavailable):  # a moment out of reach: try again
+                    await self.store.renew(self.claim)
                 await asyncio.sleep(self.store.terms.lease_s / 3)
 
     def stop(self) -> None:
