@@ -37,6 +37,7 @@ def haproxy_config(port: int, replicas: list[str]) -> str:
     servers = "\n".join(f"    server r{i} {url.removeprefix('http://')}" for i, url in enumerate(replicas))
     return f"""global
     maxconn 4096
+    noreuseport  # a port already taken fails the start, rather than being shared with another fleet
 
 defaults
     mode http
@@ -109,8 +110,8 @@ def fleet(
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+            with contextlib.suppress(httpx.TransportError):  # ready, and through this HAProxy, not another
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200 and balancer.poll() is None:
                     break
             if balancer.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"haproxy did not start: {(Path(folder) / 'haproxy.log').read_text()[-2000:]}")
@@ -125,6 +126,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="workers per replica")
     parser.add_argument("--port", type=int, default=8080, help="the load balancer's port on 127.0.0.1")
     args = parser.parse_args()
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM or SIGHUP as Ctrl-C: everything started is stopped on the way out
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     with fleet(args.replicas, args.port, args.workers) as f:
         print(f"{f.url}: {len(f.replicas)} replicas ({', '.join(r.url for r in f.replicas)}), store {f.store}")
         with contextlib.suppress(KeyboardInterrupt):

@@ -2,6 +2,7 @@
 (and KServe's SDK models), and what the manifests say about the service (probe paths, port, drain time,
 settings, the autoscaling metric) is read from the service itself, so the two cannot drift apart."""
 
+import copy
 import importlib
 import json
 import shutil
@@ -87,6 +88,90 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(folder: str) ->
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity as a number: ``500m``, ``2``, ``768Mi``, ``4Gi``."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    text = str(value)
+    unit = next((u for u in sorted(units, key=len, reverse=True) if text.endswith(u)), "")
+    return float(text.removesuffix(unit)) * units.get(unit, 1)
+
+
+def consistency_errors(docs: list[Doc]) -> list[str]:
+    """What the schemas let through and a cluster would not run: selectors that select nothing, a mount of
+    no volume, a ConfigMap that is not there, requests above limits, a budget no replica count can meet."""
+    errors: list[str] = []
+    config_maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    workloads = [d for d in docs if d["kind"] in WORKLOADS]
+    specs = [(d["metadata"]["name"], pod(d), d["spec"]["template"]["metadata"]["labels"]) for d in workloads]
+    specs += [(d["metadata"]["name"], d["spec"]["predictor"], None) for d in docs if d["kind"] == "InferenceService"]
+    for name, spec, labels in specs:
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        claims = {c["metadata"]["name"] for d in workloads for c in d["spec"].get("volumeClaimTemplates", [])}
+        for c in spec["containers"]:
+            errors += [
+                f"{name}: mounts no volume {m['name']}"
+                for m in c.get("volumeMounts", [])
+                if m["name"] not in volumes | claims
+            ]
+            errors += [
+                f"{name}: no ConfigMap {e['configMapRef']['name']}"
+                for e in c.get("envFrom", [])
+                if e["configMapRef"]["name"] not in config_maps
+            ]
+            res = c.get("resources", {})
+            for k, limit in res.get("limits", {}).items():
+                if k in res.get("requests", {}) and quantity(res["requests"][k]) > quantity(limit):
+                    errors.append(f"{name}: {k} requested above its limit")
+        if labels is not None:
+            (workload,) = (d for d in workloads if d["metadata"]["name"] == name)
+            if not workload["spec"]["selector"]["matchLabels"].items() <= labels.items():
+                errors.append(f"{name}: its selector does not select its own pods")
+    for service in (d for d in docs if d["kind"] == "Service"):
+        selected = [
+            spec for _, spec, labels in specs if labels and service["spec"]["selector"].items() <= labels.items()
+        ]
+        if not selected:
+            errors.append(f"Service {service['metadata']['name']} selects no pods")
+        ports = {p.get("name") for spec in selected for c in spec["containers"] for p in c.get("ports", [])}
+        ports |= {p["containerPort"] for spec in selected for c in spec["containers"] for p in c.get("ports", [])}
+        errors += [
+            f"Service {service['metadata']['name']}: no port {p['targetPort']}"
+            for p in service["spec"]["ports"]
+            if p["targetPort"] not in ports
+        ]
+    for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
+        hpa = one(docs, "HorizontalPodAutoscaler")
+        if pdb["spec"].get("minAvailable", 0) >= hpa["spec"]["minReplicas"] or pdb["spec"].get("maxUnavailable", 1) < 1:
+            errors.append("the PodDisruptionBudget lets no pod be evicted at the fewest replicas")
+    return errors
+
+
+@pytest.mark.parametrize("folder", RENDERED)
+def test_the_manifests_hang_together(folder: str) -> None:
+    assert consistency_errors(rendered(folder)) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "fault"),
+    [
+        (lambda d: one(d, "Deployment")["spec"]["selector"]["matchLabels"].update(app="x"), "does not select"),
+        (lambda d: pod(one(d, "Deployment"))["containers"][0]["resources"]["requests"].update(cpu="3"), "above"),
+        (lambda d: pod(one(d, "Deployment"))["containers"][0]["volumeMounts"][0].update(name="temp"), "no volume"),
+        (
+            lambda d: pod(one(d, "Deployment"))["containers"][0]["envFrom"][0]["configMapRef"].update(name="x"),
+            "ConfigMap",
+        ),
+        (lambda d: one(d, "Service", "lstm-valkey")["spec"]["selector"].update(app="x"), "selects no pods"),
+        (lambda d: one(d, "Service", "lstm-valkey")["spec"]["ports"][0].update(targetPort="redis"), "no port"),
+        (lambda d: one(d, "PodDisruptionBudget")["spec"].update(maxUnavailable=0), "no pod be evicted"),
+    ],
+)
+def test_the_consistency_check_fails_where_the_manifests_do_not_hang_together(change: Any, fault: str) -> None:
+    docs = copy.deepcopy(rendered("overlays/cpu"))
+    change(docs)
+    assert any(fault in e for e in consistency_errors(docs)), consistency_errors(docs)
+
+
 def test_the_validation_fails_where_a_manifest_is_wrong() -> None:
     deployment = one(rendered("base"), "Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
@@ -101,7 +186,7 @@ def serving(docs: list[Doc]) -> tuple[Doc, Doc, Settings]:
     spec = pod(deployments[0]) if deployments else one(docs, "InferenceService", "seattle-weather")["spec"]["predictor"]
     (container,) = spec["containers"]
     env = {**environment(docs), **{e["name"]: e["value"] for e in container.get("env", [])}}
-    return spec, container, settings_from(env)
+    return spec, container, settings_from({k: v for k, v in env.items() if k.startswith("LSTM_")})
 
 
 @pytest.mark.parametrize("folder", RENDERED)
@@ -278,12 +363,19 @@ def test_the_kserve_check_fails_where_a_manifest_is_wrong(
 
 def test_the_custom_predictor_runs_as_the_base_does() -> None:
     """What KServe cannot take from the base (its pods are its own) is the base's, written again: checked."""
+    (isvc,) = (d for d in rendered("kserve") if d["kind"] == "InferenceService")
+    # no Knative (its activator does not pass WebSockets): KServe's Deployment-and-Service mode, by either name
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] in ("RawDeployment", "Standard")
     _, custom, _ = serving(rendered("kserve"))
     _, base, _ = serving(rendered("overlays/cpu"))
     for field in ("image", "resources", "securityContext", "lifecycle", "volumeMounts", "envFrom"):
         assert custom[field] == base[field], field
     cpu = environment(rendered("overlays/cpu"))
-    assert {e["name"]: e["value"] for e in custom["env"]} == {k: cpu[k] for k in ("LSTM_WORKERS", "LSTM_PROVIDER")}
+    given = {e["name"]: e["value"] for e in custom["env"]}
+    assert given == {
+        **{k: cpu[k] for k in ("LSTM_WORKERS", "LSTM_PROVIDER")},
+        **{e["name"]: e["value"] for e in base["env"]},
+    }
 
 
 def test_the_triton_runtime_serves_the_same_repository() -> None:
@@ -294,6 +386,8 @@ def test_the_triton_runtime_serves_the_same_repository() -> None:
 
     model = yaml.safe_load(TRITON.read_text())["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2"
+    assert model["runtime"] == "kserve-tritonserver"  # the ServingRuntime KServe installs for Triton
+    assert model["storageUri"].split("://")[0] in ("pvc", "gs", "s3", "hdfs", "https", "oci")  # KServe's schemes
     repository = ROOT.parents[1] / Settings().model_repository
     assert model["storageUri"].rstrip("/").endswith("/" + repository.name)
     configs = sorted(repository.glob("*/config.pbtxt"))

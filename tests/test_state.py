@@ -502,3 +502,43 @@ def test_a_shared_sequence_from_before_chunks_were_counted_counts_from_its_first
         await store.close()
 
     asyncio.run(run())
+
+
+@NEEDS_SERVER
+def test_a_full_valkey_refuses_starts_and_lets_live_sequences_go_on_and_end(tmp_path: Path) -> None:
+    """maxmemory with noeviction: a start is refused before anything is written, so the store stops growing,
+    while every live sequence goes on and ends (which frees memory) rather than stalling."""
+    import redis
+
+    with valkey(tmp_path) as url:
+        raw = redis.Redis.from_url(url)
+
+        async def run() -> None:
+            store = SharedStore(url, Terms(idle_s=60, max_sequences=10**6, lease_s=1.0))
+            live = [f"m:live{k}" for k in range(5)]
+            for key in live:
+                await store.keep(await store.claim(key, start=True, token=tok()), states(1))
+            raw.config_set("maxmemory-policy", "noeviction")
+            raw.config_set("maxmemory", int(raw.info("memory")["used_memory"]) + 20_000)
+            refused = None
+            for k in range(1000):
+                try:
+                    await store.keep(await store.claim(f"m:new{k}", start=True, token=tok()), states(2))
+                except StoreFull as e:
+                    refused = e
+                    break
+            assert refused is not None and refused.limit is None  # the memory, not the count
+            used = raw.info("memory")["used_memory"]
+            for _ in range(20):  # starts go on being refused, and write nothing
+                with pytest.raises(StoreFull):
+                    await store.claim(f"m:more{_}", start=True, token=tok())
+            assert raw.info("memory")["used_memory"] <= used + 2_000
+            for key in live:  # every live sequence goes on, then ends
+                claim = await store.claim(key, start=False, token=tok(), chunk=1, inputs=b"x")
+                assert claim.states == states(1)
+                await store.keep(claim, states(3))
+                await store.drop(await store.claim(key, start=False, token=tok(), chunk=2, inputs=b"y"))
+            await store.close()
+
+        asyncio.run(run())
+        raw.close()

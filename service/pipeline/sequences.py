@@ -222,8 +222,9 @@ class Sequences:
             busy.headers = {"Retry-After": str(max(1, math.ceil(e.retry_after)))}  # when its claim lapses, at most
             return busy
         if isinstance(e, StoreFull):
-            limit = self.store.terms.max_sequences
-            return SequencesFull(f"{limit} sequences are live, the most this server holds: end one, or retry later")
+            if e.limit is None:
+                return SequencesFull("The sequence store is full (its memory): end a sequence, or retry later")
+            return SequencesFull(f"{e.limit} sequences are live, the most this server holds: end one, or retry later")
         log.warning("sequence store unavailable: %s", e)  # where and why, for the operator; not for the client
         metrics.REJECTED.labels("store_down").inc()
         return StoreDown("The sequence store cannot be reached; retry shortly")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from .store import Claim, OutOfOrder, StoreUnavailable, Terms, busy, ended, expired, full, reused, unknown
 
@@ -132,8 +132,11 @@ class SharedStore:
         )
         # No retries: a script sent before a timeout may still run, and a chunk's scripts must not run twice.
         self.client = aioredis.Redis(connection_pool=pool, decode_responses=False, retry=Retry(NoBackoff(), 0))
+        # A store out of memory (maxmemory, noeviction) refuses a start before it writes anything, and lets
+        # live sequences go on and end: those writes replace or free what is there.
+        self._start = self.client.register_script(f"#!lua\n{CLAIM}")
         self._claim, self._renew, self._keep, self._drop, self._release = (
-            self.client.register_script(s) for s in (CLAIM, RENEW, KEEP, DROP, RELEASE)
+            self.client.register_script(f"#!lua flags=allow-oom\n{s}") for s in (CLAIM, RENEW, KEEP, DROP, RELEASE)
         )
         self.prefix = PREFIX  # of every key this store writes
 
@@ -143,6 +146,8 @@ class SharedStore:
     async def _run(self, script: object, keys: list[str], args: list[object]) -> object:
         try:
             return await script(keys=keys, args=args)  # type: ignore[operator]
+        except OutOfMemoryError:
+            raise full(keys[0], None) from None
         except RedisError as e:
             raise StoreUnavailable(f"the sequence store at {self._where()} is not reachable: {e}") from None
 
@@ -153,7 +158,7 @@ class SharedStore:
         t = self.terms
         number = -1 if chunk is None else chunk
         args = [key, int(start), token, _ms(t.idle_s), t.max_sequences, _ms(t.lease_s), number, _ms(t.ended_s), inputs]
-        answer = await self._run(self._claim, self._keys(key), args)
+        answer = await self._run(self._start if start else self._claim, self._keys(key), args)
         assert isinstance(answer, list)
         outcome = answer[0].decode()
         if outcome == "busy":

@@ -65,7 +65,12 @@ class EndedSequence(SequenceError):
 
 
 class StoreFull(SequenceError):
-    pass
+    """As many live sequences as the store takes; ``limit`` is their number, or None where the store's
+    memory is full first (Valkey's maxmemory)."""
+
+    def __init__(self, key: str, msg: str, limit: int | None) -> None:
+        super().__init__(key, msg)
+        self.limit = limit
 
 
 class OutOfOrder(SequenceError):
@@ -150,5 +155,5 @@ def reused(key: str) -> ReusedChunk:
     return ReusedChunk(key, "a replay with other inputs")
 
 
-def full(key: str, limit: int) -> StoreFull:
-    return StoreFull(key, f"{limit} sequences live")
+def full(key: str, limit: int | None) -> StoreFull:
+    return StoreFull(key, "out of memory" if limit is None else f"{limit} sequences live", limit)
