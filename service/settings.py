@@ -30,10 +30,10 @@ class Settings(BaseSettings):
     model_repository: Path = _doc(
         Path("models"),
         "Model repository: `<name>/config.pbtxt`, `<name>/<version>/model.onnx` and `metadata.json`; every "
-        "model and version in it is served.",
+        "model in it is served, in the versions its `version_policy` names (Triton's rule; none: the latest).",
     )
     model_name: str | None = _doc(None, "The default model, behind `/predict` and `/model`.", "the only model")
-    model_version: int | None = _doc(None, "The default model's version.", "the highest", ge=1)
+    model_version: int | None = _doc(None, "The default model's version.", "the highest serving", ge=1)
     provider: Literal["auto", "cuda", "cpu"] = _doc(
         "auto",
         "`auto`: CUDA where ONNX Runtime can use a GPU, else the CPU; `cuda`: refuse to start without one; `cpu`.",

@@ -61,10 +61,11 @@ def test_repository_picks_the_latest_version_unless_pinned(repo: Path, tmp_path:
     for v in (1, 2, 10):
         shutil.copytree(repo / "tiny" / "1", root / "tiny" / str(v))
     (root / "tiny" / "notes").mkdir()
+    (root / "tiny" / "config.pbtxt").write_text("version_policy: { all: {} }")
     assert repository.versions(root, "tiny") == [1, 2, 10]
     assert repository.resolve(root, None, None) == root / "tiny" / "10"
     assert repository.resolve(root, "tiny", 2) == root / "tiny" / "2"
-    with pytest.raises(ModelLoadError, match="no version 3"):
+    with pytest.raises(ModelLoadError, match="no version 3 to serve: it is not in the repository"):
         repository.resolve(root, "tiny", 3)
     with pytest.raises(ModelLoadError, match="no model 'other'"):
         repository.resolve(root, "other", None)

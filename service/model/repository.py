@@ -1,25 +1,58 @@
-"""Finding models in a repository on disk (the layout is in ``contract``): names, versions, the one to serve."""
+"""Finding models in a repository on disk (the layout is in ``contract``): names, versions, the one to serve.
+
+Which versions serve is the model's ``version_policy`` in its ``config.pbtxt``, as Triton reads it:
+``latest: { num_versions: N }`` (the N highest), ``all: {}``, or ``specific: { versions: [...] }``; with no
+policy (or no ``config.pbtxt``), Triton's default, the latest one.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .contract import MODEL_FILE
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from .contract import CONFIG_FILE, MODEL_FILE
 from .errors import ModelLoadError
 
 
-def versions(root: Path, name: str) -> list[int]:
-    """The versions of a model, ascending: numeric folders that hold a model file."""
+def on_disk(root: Path, name: str) -> list[int]:
+    """Every version of a model in the repository, ascending: numeric folders that hold a model file."""
     folder = root / name
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MODEL_FILE).is_file())
 
 
+def version_policy(root: Path, name: str) -> model_config_pb2.ModelVersionPolicy:
+    """The model's version policy from its ``config.pbtxt`` (Triton's message, parsed by protobuf)."""
+    path = root / name / CONFIG_FILE
+    config = model_config_pb2.ModelConfig()
+    if path.is_file():
+        try:
+            text_format.Parse(path.read_text(), config)
+        except (text_format.ParseError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{path} is not a Triton model configuration: {e}") from None
+    return config.version_policy
+
+
+def versions(root: Path, name: str) -> list[int]:
+    """The versions of a model that serve, ascending: those on disk that its version policy names."""
+    found = on_disk(root, name)
+    policy = version_policy(root, name)
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return found
+    if choice == "specific":
+        return [v for v in found if v in set(policy.specific.versions)]
+    newest = policy.latest.num_versions if choice == "latest" else 1
+    return found[-newest:] if newest > 0 else []
+
+
 def model_names(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and versions(root, p.name))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and on_disk(root, p.name))
 
 
 def resolve(root: Path, name: str | None, version: int | None) -> Path:
@@ -34,11 +67,16 @@ def resolve(root: Path, name: str | None, version: int | None) -> Path:
             found = ", ".join(names) or "none"
             raise ModelLoadError(f"set LSTM_MODEL_NAME: the repository {root} holds {len(names)} models ({found})")
         name = names[0]
-    found_versions = versions(root, name)
-    if not found_versions:
+    serving = versions(root, name)
+    if not serving:
+        if on_disk(root, name):
+            raise ModelLoadError(
+                f"model {name!r}: its version_policy in {root / name / CONFIG_FILE} names no version on disk"
+            )
         raise ModelLoadError(f"no model {name!r} in {root} (expected {root}/{name}/<version>/{MODEL_FILE})")
     if version is None:
-        version = found_versions[-1]
-    elif version not in found_versions:
-        raise ModelLoadError(f"model {name!r} has no version {version} in {root} (versions: {found_versions})")
+        version = serving[-1]
+    elif version not in serving:
+        why = "its version_policy leaves it out" if version in on_disk(root, name) else "it is not in the repository"
+        raise ModelLoadError(f"model {name!r} has no version {version} to serve: {why} (serving: {serving})")
     return root / name / str(version)
