@@ -59,6 +59,11 @@ def test_health_and_metadata(served: tuple) -> None:
     assert not client.is_model_ready("nope")
 
 
+def test_tritonclient_reads_the_repository_index(served: tuple) -> None:
+    _, client = served
+    assert client.get_model_repository_index() == [{"name": "tiny", "version": "1", "state": "READY"}]
+
+
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_infer_equals_predict_with_and_without_states(
     served: tuple, binary: bool, weather: np.ndarray, rng: np.random.Generator

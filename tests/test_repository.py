@@ -70,3 +70,20 @@ def test_the_server_serves_what_the_policy_names(settings: Settings, five: Path)
         for left_out in (1, 3, 8):
             r = c.post(f"/v1/models/tiny/versions/{left_out}/predict", json=body)
             assert r.status_code == 404, r.text
+
+
+def test_the_repository_index_lists_what_serves_and_why_the_rest_does_not(settings: Settings, five: Path) -> None:
+    policy(five, "version_policy: { latest: { num_versions: 2 } }")
+    with app_client(settings, model_repository=five, model_name="tiny") as c:
+        left_out = {"state": "UNAVAILABLE", "reason": "not named by the model's version_policy"}
+        every = [{"name": "tiny", "version": str(v), **left_out} for v in (1, 2, 3)]
+        every += [{"name": "tiny", "version": str(v), "state": "READY"} for v in (5, 8)]
+        assert c.post("/v2/repository/index").json() == every
+        assert c.get("/v2/repository/index").json() == every
+        assert c.post("/v2/repository/index", json={"ready": True}).json() == every[3:]
+        r = c.post("/v2/repository/index", json={"ready": "yes"})
+        assert r.status_code == 400 and r.json()["error"].startswith("ready:"), r.text
+        r = c.post("/v2/repository/index", json={"readi": True})
+        assert r.status_code == 400 and "readi" in r.json()["error"]
+        r = c.post("/v2/repository/index", content=b"[" * 5000)
+        assert r.status_code == 413, r.text

@@ -8,7 +8,7 @@ model; its latest version unless ``LSTM_MODEL_VERSION`` pins one); ``/v1/models/
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from anyio.to_thread import run_sync as run_in_threadpool
@@ -33,6 +33,8 @@ class Registry:
     admission: Admission
     store: SequenceStore  # server-held sequences, for every model
     _forget: Callable[[], None] = lambda: None  # removes the store's own file, if it made one
+    # versions in the repository that do not serve, and why: the model repository extension's index lists them
+    unavailable: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, s: Settings) -> Registry:
@@ -44,8 +46,12 @@ class Registry:
         store, forget = open_store(s.state_url, terms)
         sequences = Sequences(store)
         planes: dict[tuple[str, str], DataPlane] = {}
+        unavailable: dict[tuple[str, str], str] = {}
         for name in repository.model_names(s.model_repository):
-            for version in repository.versions(s.model_repository, name):
+            serving = repository.versions(s.model_repository, name)
+            for version in sorted(set(repository.on_disk(s.model_repository, name)) - set(serving)):
+                unavailable[(name, str(version))] = "not named by the model's version_policy"
+            for version in serving:
                 folder = s.model_repository / name / str(version)
                 engine = Engine.load(
                     folder, s.provider, s.intra_op_threads, s.inter_op_threads, s.chunk_steps, s.call_max_steps
@@ -59,7 +65,8 @@ class Registry:
                     engine, limits, batcher, admission, s.request_timeout_s, inline, sequences
                 )
                 metrics.MODEL_INFO.labels(name, str(version), engine.provider).set(1)
-        return cls(planes, (default_folder.parent.name, default_folder.name), admission, store, forget)
+        default = (default_folder.parent.name, default_folder.name)
+        return cls(planes, default, admission, store, forget, unavailable)
 
     def start(self) -> None:
         for p in self.planes.values():
@@ -89,6 +96,11 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted({n for n, _ in self.planes})
+
+    def index(self) -> list[tuple[str, str, str]]:
+        """Every version in the repository: name, version, and why it does not serve ("" where it does)."""
+        entries = [(n, v, "") for n, v in self.planes] + [(n, v, why) for (n, v), why in self.unavailable.items()]
+        return sorted(entries, key=lambda e: (e[0], int(e[1])))
 
     def get(self, name: str, version: str | None = None) -> DataPlane:
         """A model's request path: the pinned version for the default model, else the latest, unless asked."""

@@ -137,11 +137,26 @@ def _envelope(reader: jsondata.Reader) -> InferenceRequest:
     try:
         return InferenceRequest.model_validate(envelope)
     except ValidationError as e:
-        raise InvalidInput(
-            [error(tuple(err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)][
-                : rules.MAX_ERRORS
-            ]
-        ) from None
+        raise _invalid(e) from None
+
+
+def _invalid(e: ValidationError) -> InvalidInput:
+    """pydantic's errors as the pipeline's, each naming its place."""
+    errors = [error(tuple(err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)]
+    return InvalidInput(errors[: rules.MAX_ERRORS])
+
+
+class RepositoryIndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ready: StrictBool = Field(default=False, description="Only the versions that serve.")
+
+
+def index_request(body: bytes) -> RepositoryIndexRequest:
+    """The model repository extension's index request: ``{}`` or ``{"ready": true}``; every field checked."""
+    try:
+        return RepositoryIndexRequest.model_validate_json(body or b"{}")
+    except ValidationError as e:
+        raise _invalid(e) from None
 
 
 def _tensor(reader: jsondata.Reader, tensor: Any) -> dict[str, Any]:

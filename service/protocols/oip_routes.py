@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..model.contract import ModelSpec
-from ..pipeline.errors import ServiceError
+from ..pipeline.errors import PayloadTooLarge, ServiceError
 from ..pipeline.registry import Registry
 from ..server.shutdown import DRAINING, is_ready
 from . import oip
@@ -22,6 +22,7 @@ from .rest_routes import get_registry
 from .schemas import inline_schema
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
+INDEX_BODY_MAX = 1024  # the repository index's request is {"ready": true} at most
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text}
@@ -55,6 +56,49 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": "lstm-service", "version": request.app.version, "extensions": ["binary_tensor_data", "sequence"]}
+
+
+INDEX_DOCS: dict[str, Any] = {
+    "summary": "Model repository index",
+    "description": "The model repository extension's index: every version in the repository, `READY` where it "
+    'serves, `UNAVAILABLE` with the reason where it does not. `{"ready": true}` lists only those that serve.',
+}
+
+
+@router.post(
+    "/repository/index",
+    operation_id="repository_index",
+    responses={400: ERRORS[400], 413: ERRORS[413]},
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": inline_schema(oip.RepositoryIndexRequest.model_json_schema())}},
+        }
+    },
+    **INDEX_DOCS,
+)
+async def repository_index(registry: RegistryDep, request: Request) -> list[dict[str, str]]:
+    body = b""
+    async for part in request.stream():  # a few bytes at most: a larger body is refused, not buffered
+        body += part
+        if len(body) > INDEX_BODY_MAX:
+            raise PayloadTooLarge(None, INDEX_BODY_MAX)
+    return _index(registry, oip.index_request(body).ready)
+
+
+@router.get("/repository/index", operation_id="repository_index_all", **INDEX_DOCS)
+async def repository_index_all(registry: RegistryDep) -> list[dict[str, str]]:
+    return _index(registry, ready_only=False)
+
+
+def _index(registry: Registry, ready_only: bool) -> list[dict[str, str]]:
+    entries = []
+    for name, version, why in registry.index():
+        if why and ready_only:
+            continue
+        entry = {"name": name, "version": version, "state": "UNAVAILABLE" if why else "READY"}
+        entries.append({**entry, "reason": why} if why else entry)
+    return entries
 
 
 INFER_DOCS: dict[str, Any] = {
