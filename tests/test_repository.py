@@ -87,3 +87,30 @@ def test_the_repository_index_lists_what_serves_and_why_the_rest_does_not(settin
         assert r.status_code == 400 and "readi" in r.json()["error"]
         r = c.post("/v2/repository/index", content=b"[" * 5000)
         assert r.status_code == 413, r.text
+
+
+def test_another_models_broken_configuration_leaves_the_rest_serving(settings: Settings, five: Path) -> None:
+    """As Triton does: the model whose config.pbtxt cannot be read does not serve, and the index says why."""
+    shutil.copytree(five / "tiny", five / "broken")
+    (five / "broken" / "config.pbtxt").write_text("garbage ###")
+    with app_client(settings, model_repository=five, model_name="tiny") as c:
+        index = {(e["name"], e["version"]): e for e in c.get("/v2/repository/index").json()}
+        assert index[("tiny", "8")]["state"] == "READY"
+        assert index[("broken", "8")]["state"] == "UNAVAILABLE"
+        assert "is not a Triton model configuration" in index[("broken", "8")]["reason"]
+        assert c.post("/v1/models/broken/predict", json={"inputs": [[[0.0, 10.0, 5.0, 3.0]]]}).status_code == 404
+
+
+def test_only_a_model_that_serves_can_be_the_only_model(five: Path) -> None:
+    shutil.copytree(five / "tiny", five / "idle")
+    policy(five, "")  # tiny: the latest
+    (five / "idle" / "config.pbtxt").write_text("version_policy: { specific: { versions: [9] } }")
+    assert repository.resolve(five, None, None) == five / "tiny" / "8"  # idle serves nothing: not a candidate
+
+
+def test_version_folders_are_plain_numbers(five: Path) -> None:
+    shutil.copytree(five / "tiny" / "8", five / "tiny" / "08")  # not version 8 again
+    shutil.copytree(five / "tiny" / "8", five / "tiny" / "²")
+    policy(five, "version_policy: { latest: { num_versions: 2 } }")
+    assert repository.on_disk(five, "tiny") == [1, 2, 3, 5, 8]
+    assert repository.versions(five, "tiny") == [5, 8]

@@ -21,7 +21,12 @@ def on_disk(root: Path, name: str) -> list[int]:
     folder = root / name
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MODEL_FILE).is_file())
+    return sorted(int(p.name) for p in folder.iterdir() if _version_name(p.name) and (p / MODEL_FILE).is_file())
+
+
+def _version_name(name: str) -> bool:
+    """A version folder's name: a number written plainly (``2``; not ``02``, not ``²``), as Triton reads them."""
+    return name.isascii() and name.isdigit() and name == str(int(name))
 
 
 def version_policy(root: Path, name: str) -> model_config_pb2.ModelVersionPolicy:
@@ -60,7 +65,7 @@ def resolve(root: Path, name: str | None, version: int | None) -> Path:
     if not root.is_dir():
         raise ModelLoadError(f"model repository {root} is not a directory")
     if name is None:
-        names = model_names(root)
+        names = [n for n in model_names(root) if _serves(root, n)]
         if not names:
             raise ModelLoadError(f"no model in the repository {root} (expected <name>/<version>/{MODEL_FILE})")
         if len(names) != 1:
@@ -80,3 +85,11 @@ def resolve(root: Path, name: str | None, version: int | None) -> Path:
         why = "its version_policy leaves it out" if version in on_disk(root, name) else "it is not in the repository"
         raise ModelLoadError(f"model {name!r} has no version {version} to serve: {why} (serving: {serving})")
     return root / name / str(version)
+
+
+def _serves(root: Path, name: str) -> bool:
+    """Whether a model has a version to serve (a configuration that cannot be read gives it none)."""
+    try:
+        return bool(versions(root, name))
+    except ModelLoadError:
+        return False

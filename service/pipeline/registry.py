@@ -7,6 +7,7 @@ model; its latest version unless ``LSTM_MODEL_VERSION`` pins one); ``/v1/models/
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from anyio.to_thread import run_sync as run_in_threadpool
 from .. import metrics
 from ..model import repository
 from ..model.engine import Engine
+from ..model.errors import ModelLoadError
 from ..settings import Settings
 from ..state import open_store
 from ..state.store import SequenceStore, Terms
@@ -24,6 +26,8 @@ from .dataplane import Admission, DataPlane, inline_limit
 from .errors import NotReady, UnknownModel
 from .rules import Limits
 from .sequences import LEASE_S, Sequences
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,9 +52,14 @@ class Registry:
         planes: dict[tuple[str, str], DataPlane] = {}
         unavailable: dict[tuple[str, str], str] = {}
         for name in repository.model_names(s.model_repository):
-            serving = repository.versions(s.model_repository, name)
+            try:
+                serving = repository.versions(s.model_repository, name)
+                why = "not named by the model's version_policy"
+            except ModelLoadError as e:  # another model's broken configuration: that model alone does not serve
+                serving, why = [], str(e)
+                log.error("model %s does not serve: %s", name, e)
             for version in sorted(set(repository.on_disk(s.model_repository, name)) - set(serving)):
-                unavailable[(name, str(version))] = "not named by the model's version_policy"
+                unavailable[(name, str(version))] = why
             for version in serving:
                 folder = s.model_repository / name / str(version)
                 engine = Engine.load(
