@@ -13,8 +13,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..model.contract import ModelSpec
-from ..pipeline.errors import PayloadTooLarge, ServiceError
+from ..pipeline.errors import ServiceError
 from ..pipeline.registry import Registry
+from ..server.http import read_body
 from ..server.shutdown import DRAINING, is_ready
 from . import oip
 from .handlers import serve_oip
@@ -78,11 +79,9 @@ INDEX_DOCS: dict[str, Any] = {
     **INDEX_DOCS,
 )
 async def repository_index(registry: RegistryDep, request: Request) -> list[dict[str, str]]:
-    body = b""
-    async for part in request.stream():  # a few bytes at most: a larger body is refused, not buffered
-        body += part
-        if len(body) > INDEX_BODY_MAX:
-            raise PayloadTooLarge(None, INDEX_BODY_MAX)
+    # a few bytes at most: a larger body is refused, not buffered; a slow one times out as any body does
+    timeout_s = registry.default_plane.limits.body_timeout_s
+    body = await read_body(request.scope, request.receive, INDEX_BODY_MAX, timeout_s)
     return _index(registry, oip.index_request(body).ready)
 
 

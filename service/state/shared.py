@@ -49,8 +49,8 @@ elseif not live then
   if redis.call('ZCARD', KEYS[2]) >= max then return {'full'} end
 end
 local states = false
-if ARGV[2] == '0' then states = redis.call('HGET', KEYS[1], 'states') end
 if ARGV[2] == '0' then
+  states = redis.call('HGET', KEYS[1], 'states')
   redis.call('HSET', KEYS[1], 'claimed_until', now + lease, 'token', ARGV[3])
   -- a sequence from before chunks were counted starts counting at the first numbered one
   if chunk >= 0 and not count then redis.call('HSET', KEYS[1], 'chunks', chunk) end
