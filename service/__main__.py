@@ -20,7 +20,7 @@ import uvicorn
 
 from .model.errors import ModelLoadError
 from .server.logs import log_config
-from .settings import get_settings
+from .settings import CONTROL_JOURNAL_ENV, get_settings
 
 STARTUP_FAILURE = 2
 log = logging.getLogger("service")
@@ -55,12 +55,16 @@ def main() -> int:
     if s.metrics and (s.workers or 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Every worker writes its metrics here; /metrics adds them up (set before they import prometheus).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-metrics-")
-    state_folder = None
+    folders = []
+    if s.model_control == "explicit" and (s.workers or 1) > 1 and not os.environ.get(CONTROL_JOURNAL_ENV):
+        # A load or unload answered by one worker is written here; the others follow it.
+        folders.append(tempfile.mkdtemp(prefix="lstm-control-"))
+        os.environ[CONTROL_JOURNAL_ENV] = f"{folders[-1]}/journal.json"
     if not s.state_url:
         # Server-held sequences: one file every worker of this server opens (and the app, when it runs in
         # this process: the settings are read again), gone when the server stops.
-        state_folder = tempfile.mkdtemp(prefix="lstm-state-")
-        os.environ["LSTM_STATE_URL"] = f"sqlite://{state_folder}/sequences.db"
+        folders.append(tempfile.mkdtemp(prefix="lstm-state-"))
+        os.environ["LSTM_STATE_URL"] = f"sqlite://{folders[-1]}/sequences.db"
         get_settings.cache_clear()
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
@@ -81,8 +85,8 @@ def main() -> int:
             ws_max_size=s.max_body_bytes + 1024,  # a larger message is refused by the WebSocket layer (1009)
         )
     finally:
-        if state_folder is not None:
-            shutil.rmtree(state_folder, ignore_errors=True)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .model.contract import ModelSpec
 from .model.engine import Engine
+from .pipeline.control import ModelControl
 from .pipeline.errors import ServiceError
 from .pipeline.registry import Registry
 from .protocols.fastpath import FastPath
@@ -80,18 +81,22 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = s
-        registry = await run_in_threadpool(Registry.load, s)
+        control = await run_in_threadpool(ModelControl.create, s)
+        registry = control.registry
         registry.start()
+        control.start()
         app.state.registry = registry
+        app.state.control = control
         app.state.stream_connections = Connections(s.stream_max_connections)
-        app.state.engine = engine = registry.default_plane.engine  # the OpenAPI page describes it
         app.state.ready = True
         watch_for_stop()
+        engine = registry.default_plane.engine
         log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
         try:
             yield
         finally:
             app.state.ready = False
+            await control.stop()
             await registry.close()
 
     app = ServiceApp(
@@ -127,13 +132,17 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         )
     app.edge = RequestContext(edge, metrics_on=s.metrics)
 
+    described: list[Engine] = []  # the engine the cached schema describes: the default model's, as it was
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
+        registry: Registry | None = getattr(app.state, "registry", None)
+        engine = registry.default_plane.engine if registry is not None else None
+        if app.openapi_schema and described == [engine]:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-        engine: Engine | None = getattr(app.state, "engine", None)
         if engine is None:
             return schema  # not cached: the example needs the model's dimensions
+        described[:] = [engine]
         spec = engine.spec
         body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
         body["example"] = example_request(spec)

@@ -30,12 +30,36 @@ LATENCY = Histogram(
     "lstm_request_duration_seconds", "Time from request to answer, by route.", ["route"], buckets=LATENCY_BUCKETS
 )
 INFERENCE = Histogram(
-    "lstm_inference_duration_seconds", "ONNX Runtime time of one (merged) model call.", buckets=LATENCY_BUCKETS
+    "lstm_inference_duration_seconds",
+    "ONNX Runtime time of one (merged) model call, by model and version.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "lstm_batch_size_sequences",
-    "Sequences in one model call.",
+    "Sequences in one model call, by model and version.",
+    ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+MODEL_REQUESTS = Counter(
+    "lstm_model_requests_total",
+    "Inference requests (WebSocket messages included) a model version answered, by outcome (ok, error).",
+    ["model", "version", "outcome"],
+)
+MODEL_LATENCY = Histogram(
+    "lstm_model_request_duration_seconds",
+    "Time from a request's admission to its answer, by model and version.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_LOADS = Counter(
+    "lstm_model_loads_total",
+    "Model versions loaded while serving (model control), by outcome (ok, failed); a failure that names no "
+    'version (an unreadable configuration) has version "".',
+    ["model", "version", "outcome"],
+)
+MODEL_UNLOADS = Counter(
+    "lstm_model_unloads_total", "Model versions that stopped serving while the server ran.", ["model", "version"]
 )
 QUEUE_DEPTH = Gauge(
     "lstm_queue_depth",
@@ -70,6 +94,21 @@ def answered(route: str, status: int, seconds: float) -> None:
 def _request_series(route: str, status: int) -> tuple[Any, Any]:
     """The labelled series of one route and status (looked up once: a lookup costs more than the update)."""
     return REQUESTS.labels(route, str(status)), LATENCY.labels(route)
+
+
+@functools.lru_cache(maxsize=1024)
+def call_series(model: str, version: str) -> tuple[Any, Any]:
+    """A model version's model-call series: inference time and batch size."""
+    return INFERENCE.labels(model, version), BATCH_SIZE.labels(model, version)
+
+
+def version_series(model: str, version: str) -> tuple[Any, Any, Any]:
+    """A model version's request series: answered, failed, and latency."""
+    return (
+        MODEL_REQUESTS.labels(model, version, "ok"),
+        MODEL_REQUESTS.labels(model, version, "error"),
+        MODEL_LATENCY.labels(model, version),
+    )
 
 
 def route_label(path: str) -> str:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Not a setting: ``python -m service`` sets it for its workers (a file they share, ``pipeline.control.Journal``).
+CONTROL_JOURNAL_ENV = "LSTM_CONTROL_JOURNAL"
 SHARED_STORES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")  # LSTM_STATE_URL's Valkey/Redis
 
 
@@ -34,6 +36,16 @@ class Settings(BaseSettings):
     )
     model_name: str | None = _doc(None, "The default model, behind `/predict` and `/model`.", "the only model")
     model_version: int | None = _doc(None, "The default model's version.", "the highest serving", ge=1)
+    model_control: Literal["none", "poll", "explicit"] = _doc(
+        "none",
+        "Model changes while serving, as Triton's `--model-control-mode`: `none`, the models loaded at start serve "
+        "until the server stops; `poll`, the repository is watched and each changed model loaded again; "
+        "`explicit`, models load and unload only on request (`POST /v2/repository/models/<name>/load`, `/unload`). "
+        "Every mode loads the whole repository at start.",
+    )
+    repository_poll_s: float = _doc(
+        15.0, "With `LSTM_MODEL_CONTROL=poll`: seconds between two looks at the repository.", gt=0
+    )
     provider: Literal["auto", "cuda", "cpu"] = _doc(
         "auto",
         "`auto`: CUDA where ONNX Runtime can use a GPU, else the CPU; `cuda`: refuse to start without one; `cpu`.",

@@ -21,7 +21,7 @@ class Recording:
     """The engine, with a record of each batch it ran."""
 
     def __init__(self, engine: Engine, gate: threading.Event | None = None) -> None:
-        self.engine, self.gate, self.calls = engine, gate, []
+        self.engine, self.spec, self.gate, self.calls = engine, engine.spec, gate, []
 
     def predict(self, batch: Batch):
         if self.gate is not None:
@@ -96,7 +96,7 @@ def test_limits_of_one_merged_call(engine: Engine, weather: np.ndarray, rng: np.
 def test_a_failing_call_fails_its_requests_and_the_worker_goes_on(engine: Engine, rng: np.random.Generator) -> None:
     class Flaky:
         def __init__(self) -> None:
-            self.calls = 0
+            self.calls, self.spec = 0, engine.spec
 
         def predict(self, batch: Batch):
             self.calls += 1

@@ -19,6 +19,9 @@ CASES: list[tuple[errors.ServiceError, int, int, int]] = [  # error, REST status
     (errors.DeadlineExceeded("late"), 504, 504, 1013),
     (errors.UnknownModel("nope"), 404, 404, 1008),
     (errors.TooManySequences("many"), 429, 429, 1008),
+    (errors.ModelControlOff("none"), 400, 400, 1008),
+    (errors.LoadFailed("corrupt"), 400, 400, 1008),
+    (errors.ModelInUse("default"), 409, 409, 1008),
 ]
 
 

@@ -344,7 +344,7 @@ def test_v2_health_stays_open_to_probes_with_api_keys(settings: Settings) -> Non
 
 def test_padding_costs_nothing_on_every_protocol(c: TestClient) -> None:
     """One 600-step sequence beside 15 one-step ones runs about 615 steps, not 16 x 600."""
-    engine = c.app.state.engine  # type: ignore[attr-defined]
+    engine = c.app.state.registry.default_plane.engine  # type: ignore[attr-defined]
     long, short = [ROW] * 600, [ROW]
     before = engine.steps_run
     assert rest(c, [long, *[short] * 15])[0]

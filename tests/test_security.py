@@ -75,7 +75,7 @@ def test_an_internal_error_reveals_nothing(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, fast_path: bool
 ) -> None:
     with app_client(settings, raise_server_exceptions=False, fast_path=fast_path) as c:
-        engine = c.app.state.engine  # type: ignore[attr-defined]
+        engine = c.app.state.registry.default_plane.engine  # type: ignore[attr-defined]
 
         def broken(batch: object) -> None:
             raise RuntimeError(f"secret detail at {__file__}")

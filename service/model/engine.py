@@ -215,6 +215,12 @@ class Engine:
         explainer = self._explainer
         return [explainer.explain(x, batch.h0[:, i], batch.c0[:, i]) for i, x in enumerate(batch.x)]
 
+    def release(self) -> None:
+        """Let go of the ONNX Runtime sessions (the model's, and the explainer's if built), so that their memory
+        returns now: for a version that stopped serving and answered what it admitted. Nothing runs after."""
+        del self.session
+        self._explainer = None
+
     def warmup(self) -> None:
         """One small inference, so the first request does not pay for lazy initialisation."""
         x = np.zeros((2, self.spec.input_size), dtype=np.float32)

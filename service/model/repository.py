@@ -12,7 +12,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from .contract import CONFIG_FILE, MODEL_FILE
+from .contract import CONFIG_FILE, METADATA_FILE, MODEL_FILE
 from .errors import ModelLoadError
 
 
@@ -52,6 +52,31 @@ def versions(root: Path, name: str) -> list[int]:
         return [v for v in found if v in set(policy.specific.versions)]
     newest = policy.latest.num_versions if choice == "latest" else 1
     return found[-newest:] if newest > 0 else []
+
+
+Stamp = tuple[tuple[int, int, int] | None, ...]  # (mtime_ns, size, inode) of files, None where missing
+
+
+def _stamp(*paths: Path) -> Stamp:
+    def one(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    return tuple(one(p) for p in paths)
+
+
+def version_stamp(folder: Path) -> Stamp:
+    """What a version's files are now: a version whose stamp is unchanged need not be loaded again."""
+    return _stamp(folder / MODEL_FILE, folder / METADATA_FILE)
+
+
+def model_stamp(root: Path, name: str) -> tuple[Stamp, tuple[tuple[int, Stamp], ...]]:
+    """What a model's configuration and versions are now: the poll loads a model again when this changes."""
+    folder = root / name
+    return _stamp(folder / CONFIG_FILE), tuple((v, version_stamp(folder / str(v))) for v in on_disk(root, name))
 
 
 def model_names(root: Path) -> list[str]:

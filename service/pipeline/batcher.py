@@ -41,8 +41,9 @@ def timed_predict(engine: Engine, batch: Batch) -> list[SequenceResult]:
     """``engine.predict``, counted in the model-call metrics (time and sequences), wherever it runs."""
     start = time.perf_counter()
     results = engine.predict(batch)
-    metrics.INFERENCE.observe(time.perf_counter() - start)
-    metrics.BATCH_SIZE.observe(batch.size)
+    inference, batch_size = metrics.call_series(engine.spec.name, engine.spec.version)
+    inference.observe(time.perf_counter() - start)
+    batch_size.observe(batch.size)
     return results
 
 
@@ -78,6 +79,10 @@ class Batcher:
     @property
     def depth(self) -> int:
         return self._depth
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
 
     def start(self) -> None:
         self._thread.start()

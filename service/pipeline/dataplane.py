@@ -13,7 +13,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -98,9 +98,13 @@ def inline_limit(engine: Engine, most: int, budget_s: float = INLINE_BUDGET_S) -
     return most if best <= budget_s else int(most * budget_s / best)
 
 
-@dataclass
+@dataclass(eq=False)  # each is one version's own: compared and hashed by identity
 class DataPlane:
-    """One model version's request path."""
+    """One model version's request path.
+
+    A version stops serving (a load replaced it, or an unload) by ``retire``: the registry no longer hands
+    it out, the requests it admitted finish on it, and ``drained`` is set once the last one has.
+    """
 
     engine: Engine
     limits: Limits
@@ -109,11 +113,26 @@ class DataPlane:
     timeout_s: float  # deadline of one request, from its admission
     inline_max_steps: int  # a lone request of at most this many real steps runs on the event loop (inline_limit)
     sequences: Sequences | None = None  # server-held sequences; None: requests naming one are refused
+    active: int = field(default=0, init=False)  # requests admitted on this version, not yet answered
+    retired: bool = field(default=False, init=False)
+    drained: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    replaced: str = field(default="", init=False)  # the versions of this model it replaced, for a sequence's error
+    _served: tuple[Any, Any, Any] = field(init=False, repr=False)  # this version's metric series
+
+    def __post_init__(self) -> None:
+        self._served = metrics.version_series(self.engine.spec.name, self.engine.spec.version)
+
+    def retire(self) -> None:
+        """Take no more requests; ``drained`` is set when those admitted are answered."""
+        self.retired = True
+        if not self.active:
+            self.drained.set()
 
     async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
         """Admit, then read, decode, infer and encode within the deadline."""
         self.admission.enter()
-        size = 0
+        self.active += 1
+        size, start, ok = 0, time.perf_counter(), False
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read()
@@ -127,7 +146,9 @@ class DataPlane:
                     outcome = await self._in_sequence(call)
                 else:
                     outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
-                return codec.encode(call, outcome, spec)
+                answer = codec.encode(call, outcome, spec)
+                ok = True
+                return answer
         except TimeoutError:
             metrics.REJECTED.labels("deadline").inc()
             raise DeadlineExceeded(f"The request took longer than its {self.timeout_s:g} s deadline") from None
@@ -137,6 +158,12 @@ class DataPlane:
             raise e.with_traceback(None) from None
         finally:
             self.admission.leave()
+            self.active -= 1
+            if self.retired and not self.active:
+                self.drained.set()
+            answered, failed, latency = self._served
+            (answered if ok else failed).inc()
+            latency.observe(time.perf_counter() - start)
             if size > memory.LARGE_BODY_BYTES:
                 memory.trim()
 
@@ -145,7 +172,13 @@ class DataPlane:
         if self.sequences is None:
             msg = "This server holds no sequences: send h0 and c0 with each chunk instead"
             raise InvalidInput([error(call.sequence.loc, msg, "unsupported")])
-        return await self.sequences.run(call, self.engine.spec, self.infer)
+        try:
+            return await self.sequences.run(call, self.engine.spec, self.infer)
+        except InvalidInput as e:
+            if self.replaced and e.errors and e.errors[0]["type"] == "sequence_unknown":
+                # A sequence stays with the version it started on: that version's sequences ended with it.
+                e.errors[0]["msg"] += f" (a sequence started on {self.replaced} ended with it)"
+            raise
 
     def _idle(self) -> bool:
         return self.admission.admitted == 1 and (self.batcher is None or self.batcher.depth == 0)

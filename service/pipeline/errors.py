@@ -107,6 +107,24 @@ class UnknownModel(ServiceError, LookupError):
     status = 404
 
 
+class ModelControlOff(ServiceError):
+    """A load or unload asked of a server whose model control mode does not take them."""
+
+    status = 400
+
+
+class LoadFailed(ServiceError):
+    """A model could not be loaded: what was serving serves on, unchanged."""
+
+    status = 400
+
+
+class ModelInUse(ServiceError):
+    """An unload the documented rule refuses (the default model)."""
+
+    status = 409
+
+
 class NotReady(ServiceError):
     """The models are still loading (or the server is stopping)."""
 

@@ -159,6 +159,35 @@ def index_request(body: bytes) -> RepositoryIndexRequest:
         raise _invalid(e) from None
 
 
+class LoadParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # Triton's "config" and "file:..." overrides are refused, not ignored
+
+
+class RepositoryLoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    parameters: LoadParameters | None = Field(
+        default=None, description="None taken: the repository's files and `config.pbtxt` decide what loads."
+    )
+
+
+class UnloadParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    unload_dependents: StrictBool = Field(default=False, description="Accepted; no model here depends on another.")
+
+
+class RepositoryUnloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    parameters: UnloadParameters | None = None
+
+
+def control_request(body: bytes, model: type[BaseModel]) -> BaseModel:
+    """A load or unload request (``{}`` or empty: the usual), every field checked."""
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as e:
+        raise _invalid(e) from None
+
+
 def _tensor(reader: jsondata.Reader, tensor: Any) -> dict[str, Any]:
     return {k: tensor[k] if k == "data" else reader.plain(tensor[k]) for k in jsondata.keys(tensor)}
 

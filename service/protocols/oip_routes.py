@@ -13,8 +13,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..model.contract import ModelSpec
-from ..pipeline.errors import ServiceError
+from ..pipeline.control import ModelControl
+from ..pipeline.errors import NotReady, ServiceError
 from ..pipeline.registry import Registry
+from ..pipeline.registry import of as registry_of
 from ..server.http import read_body
 from ..server.shutdown import DRAINING, is_ready
 from . import oip
@@ -23,7 +25,7 @@ from .rest_routes import get_registry
 from .schemas import inline_schema
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
-INDEX_BODY_MAX = 1024  # the repository index's request is {"ready": true} at most
+INDEX_BODY_MAX = 1024  # the repository extension's requests: {"ready": true}, {"parameters": {...}} at most
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text}
@@ -56,7 +58,8 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": "lstm-service", "version": request.app.version, "extensions": ["binary_tensor_data", "sequence"]}
+    extensions = ["binary_tensor_data", "sequence", "model_repository"]
+    return {"name": "lstm-service", "version": request.app.version, "extensions": extensions}
 
 
 INDEX_DOCS: dict[str, Any] = {
@@ -98,6 +101,55 @@ def _index(registry: Registry, ready_only: bool) -> list[dict[str, str]]:
         entry = {"name": name, "version": version, "state": "UNAVAILABLE" if why else "READY"}
         entries.append({**entry, "reason": why} if why else entry)
     return entries
+
+
+CONTROL_DOCS: dict[str, Any] = {
+    "responses": {
+        400: {
+            "description": "Model control is not `explicit`, a malformed body, or a load that failed (what was "
+            'serving serves on): `{"error": "..."}` says why.'
+        },
+        404: ERRORS[404],
+        409: {"description": "The default model cannot be unloaded."},
+        413: ERRORS[413],
+    },
+}
+
+
+def _control_docs(model: type[Any]) -> dict[str, Any]:
+    body = {"required": False, "content": {"application/json": {"schema": inline_schema(model.model_json_schema())}}}
+    return {**CONTROL_DOCS, "openapi_extra": {"requestBody": body}}
+
+
+@router.post("/repository/models/{name}/load", summary="Load a model", **_control_docs(oip.RepositoryLoadRequest))
+async def repository_load(name: str, request: Request) -> dict[str, Any]:
+    """Load the model from the repository, or load it again: each new or changed version is loaded and warmed
+    off the request path, then swapped in; requests admitted before finish on the version they started on.
+    Needs `LSTM_MODEL_CONTROL=explicit`."""
+    await _control_body(request, oip.RepositoryLoadRequest)
+    change = await control_of(request.app.state).load(name)
+    return {"name": name, "serving": sorted(change.planes, key=int), "loaded": change.fresh}
+
+
+@router.post("/repository/models/{name}/unload", summary="Unload a model", **_control_docs(oip.RepositoryUnloadRequest))
+async def repository_unload(name: str, request: Request) -> dict[str, Any]:
+    """Stop serving every version of the model; requests admitted finish first. The default model is refused
+    (409). Server-held sequences of its versions end with them. Needs `LSTM_MODEL_CONTROL=explicit`."""
+    await _control_body(request, oip.RepositoryUnloadRequest)
+    await control_of(request.app.state).unload(name)
+    return {"name": name}
+
+
+async def _control_body(request: Request, model: type[Any]) -> None:
+    timeout_s = registry_of(request.app.state).default_plane.limits.body_timeout_s
+    oip.control_request(await read_body(request.scope, request.receive, INDEX_BODY_MAX, timeout_s), model)
+
+
+def control_of(state: Any) -> ModelControl:
+    control: ModelControl | None = getattr(state, "control", None)
+    if control is None:
+        raise NotReady
+    return control
 
 
 INFER_DOCS: dict[str, Any] = {

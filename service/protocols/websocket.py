@@ -38,6 +38,9 @@ from ..pipeline.errors import (
     ClientDisconnected,
     DeadlineExceeded,
     InvalidInput,
+    LoadFailed,
+    ModelControlOff,
+    ModelInUse,
     NotReady,
     Overloaded,
     PayloadTooLarge,
@@ -53,6 +56,7 @@ from ..pipeline.rules import Limits
 
 log = logging.getLogger("service.access")
 INVALID, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER, NORMAL = 1007, 1003, 1008, 1009, 1013, 1000
+RESTART = 1012  # the connection's model version stopped serving: reconnect to go on with the one now serving
 FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state", "sequence")
 PLACES = rules.Places(x=("inputs",), h0=("h0",), c0=("c0",))
 CLOSE_CODES: dict[type[ServiceError], int] = {
@@ -69,6 +73,10 @@ CLOSE_CODES: dict[type[ServiceError], int] = {
     TooManySequences: POLICY,
     BodyTimeout: POLICY,
     ClientDisconnected: NORMAL,
+    # model control's own (HTTP routes only): mapped all the same, so that no error is left without a close
+    ModelControlOff: POLICY,
+    LoadFailed: POLICY,
+    ModelInUse: POLICY,
 }
 
 
@@ -231,6 +239,10 @@ async def serve_stream(
                     raise PayloadTooLarge(len(body), limit)
                 return body
 
+            if plane.retired:
+                # Its streams' states are that version's: they do not go on with another's weights.
+                spec = plane.engine.spec
+                raise CloseWith(RESTART, f"version {spec.version} of model {spec.name} stopped serving; reconnect")
             try:
                 answer = await plane.serve(codec, read)
             except ServiceError as e:
