@@ -530,3 +530,29 @@ def test_a_new_version_under_steady_load_fails_no_request(builds: Path, models: 
     assert kinds.count("old") > 10 and kinds.count("new") > 10, (kinds.count("old"), kinds.count("new"))
     last = max(i for i, k in enumerate(kinds) if k == "old")  # then only new ones: switched for good
     assert len(kinds) - last > 20 and answers[last][0] < switched + 3
+
+
+def test_tritonclient_loads_and_unloads(models: Path) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    env = {"LSTM_WORKERS": "1", "LSTM_MODEL_NAME": "tiny", "LSTM_MODEL_CONTROL": "explicit"}
+    with running_server(models, env) as (url, _):
+        client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+        try:
+            assert "model_repository" in client.get_server_metadata()["extensions"]
+            client.unload_model("other")
+            assert not client.is_model_ready("other")
+            assert {"name": "other", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in (
+                client.get_model_repository_index()
+            )
+            client.load_model("other")
+            assert client.is_model_ready("other", "1")
+            with pytest.raises(InferenceServerException, match="no model of that name"):
+                client.load_model("nope")
+            with pytest.raises(InferenceServerException, match="default model"):
+                client.unload_model("tiny")
+            with pytest.raises(InferenceServerException, match="parameters.config"):
+                client.load_model("other", config='{"max_batch_size": 8}')
+        finally:
+            client.close()
