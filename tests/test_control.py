@@ -552,7 +552,7 @@ def test_tritonclient_loads_and_unloads(models: Path) -> None:
                 client.load_model("nope")
             with pytest.raises(InferenceServerException, match="default model"):
                 client.unload_model("tiny")
-            with pytest.raises(InferenceServerException, match="parameters.config"):
+            with pytest.raises(InferenceServerException, match=r"parameters\.config"):
                 client.load_model("other", config='{"max_batch_size": 8}')
         finally:
             client.close()
