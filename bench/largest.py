@@ -96,7 +96,7 @@ def _best(post: Callable[[], httpx.Response], times: int = 3) -> float:
 def measure(server: Any, rows: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
     """``server``: bench.run.server (a context manager giving url and pid)."""
     out: dict[str, Any] = {}
-    env = {"LSTM_WORKERS": "1", "LSTM_LOG_LEVEL": "warning"}
+    env = {"LSTM_WORKERS": "1", "LSTM_LOG_LEVEL": "warning", "LSTM_MODEL_VERSION": str(meta["version"])}
     for name, (route, body, headers) in families(rows, meta).items():
         with server([PY, "-m", "service"], env) as (url, pid), httpx.Client(base_url=url, timeout=120) as http:
             base = _status(pid)[1]

@@ -19,6 +19,8 @@ in-process path (orjson decode, ONNX Runtime, orjson encode); a bare ASGI app th
 answers a fixed small JSON (the HTTP floor). Servers: the service with batching on
 (its defaults) and off, bench/handrolled.py (FastAPI + ONNX Runtime inline + orjson, one
 worker: the bar a user would set) and bench/naive_server.py (FastAPI + PyTorch eager + json).
+The service serves version 1 of the shipped model (float32), as the baselines run it; version 2 (int8)
+and a larger model in both precisions are measured after (bench/int8.py).
 Writes bench/results/results.{json,md} and chart.png.
 """
 
@@ -46,7 +48,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from . import largest, ws_stream
+from . import int8, largest, ws_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -252,6 +254,7 @@ def load(
 
 
 RUNS = [("W1", 1), ("W1", 32), ("W2", 4), ("W3", 1)]
+FLOAT = {"LSTM_MODEL_VERSION": MODEL.name}  # the float32 version the baselines run
 PROTOCOL_RUNS = [("W1v2", 1), ("W1v2", 32), ("W2v2", 4), ("W3v2", 1), ("W3ws", 1), ("W3seq", 1)]  # default server only
 SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
     "bare ASGI (HTTP floor)": (
@@ -259,9 +262,13 @@ SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
         {},
         [("W1", 1), ("W1", 32)],
     ),
-    "service, batching on (default)": ([PY, "-m", "service"], {}, RUNS + PROTOCOL_RUNS),
-    "service, batching off": ([PY, "-m", "service"], {"LSTM_BATCHING": "false"}, RUNS),
-    "service, request logs off": ([PY, "-m", "service"], {"LSTM_LOG_LEVEL": "warning"}, [("W1", 1), ("W1", 32)]),
+    "service, batching on (default)": ([PY, "-m", "service"], FLOAT, RUNS + PROTOCOL_RUNS),
+    "service, batching off": ([PY, "-m", "service"], {**FLOAT, "LSTM_BATCHING": "false"}, RUNS),
+    "service, request logs off": (
+        [PY, "-m", "service"],
+        {**FLOAT, "LSTM_LOG_LEVEL": "warning"},
+        [("W1", 1), ("W1", 32)],
+    ),
     "hand-rolled FastAPI + ONNX Runtime": (
         [PY, "-m", "uvicorn", "bench.handrolled:app", "--port", "{port}", "--log-level", "warning", "--no-access-log"],
         {},
@@ -428,6 +435,8 @@ def markdown(res: dict[str, Any]) -> str:
         w3 += f", {shared['W3seq c1']['rps']:,.0f} in Valkey"
         w3 += f" (the same server passing states back: {shared['W3 c1']['rps']:,.0f})"
     lines += ["", w3 + "."]
+    if "int8" in res:
+        lines += ["", *int8.markdown(res["int8"])]
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
     for t in res["targets"]:
         lines.append(
@@ -477,14 +486,15 @@ def main() -> int:
         # The floors take the faster of ONNX Runtime as a service worker runs it and on all cores.
         from service.settings import Settings
 
-        configs = [in_process_floors(files, meta, t) for t in (Settings().intra_op_threads or 0, 0)]
+        configs_threads = (Settings().intra_op_threads or 0, 0)
+        configs = [in_process_floors(files, meta, t) for t in configs_threads]
         res["floors"] = {k: min((c[k] for c in configs), key=lambda r: r["mean_us"]) for k in configs[0]}
         servers = dict(SERVERS)
         store = valkey_server(Path(tmp))
         if store is not None:  # W3 as a server-held sequence in Valkey (or Redis), beside the embedded store's
             servers["service, sequences in Valkey"] = (
                 [PY, "-m", "service"],
-                {"LSTM_STATE_URL": store[0]},
+                {**FLOAT, "LSTM_STATE_URL": store[0]},
                 [("W3", 1), ("W3seq", 1)],
             )
         else:
@@ -512,6 +522,8 @@ def main() -> int:
 
         rows = load_csv(ROOT / "data" / "seattle-weather.csv", meta["feature_names"], meta["target_names"]).features
         res["largest"] = largest.measure(server, rows, meta)
+        print("== int8 against float32", flush=True)
+        res["int8"] = int8.measure(server, load, make_bodies, timed, args.seconds, configs_threads[0], PY)
     res["targets"] = targets(res)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")

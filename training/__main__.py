@@ -8,8 +8,9 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from service.model.contract import CONFIG_FILE, METADATA_FILE, MODEL_FILE
+from service.model.contract import CONFIG_FILE, METADATA_FILE, MODEL_CARD_FILE, MODEL_FILE
 
+from .quantize import MAX_MAE_GROWTH
 from .train import TrainConfig
 
 
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--repository", default="models", help="model repository root (default: models)")
     p_export.add_argument("--name", default="seattle-weather", help="model name (default: seattle-weather)")
     p_export.add_argument("--version", type=int, default=1, help="model version, a positive integer (default: 1)")
+    p_export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="write int8 weights (ONNX Runtime's dynamic quantization), if the held-out MAE grows by at most "
+        f"{MAX_MAE_GROWTH:g}",
+    )
 
     p_explain = sub.add_parser("explain", help="draw a model's gates and cell state over a CSV (PNG)")
     p_explain.add_argument("--model", default="models/seattle-weather/1", help="a model version folder")
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.version < 1:
                 parser.error("--version must be a positive integer")
             folder = export(**opts)
-            print(f"wrote {folder}/{MODEL_FILE}, {folder}/{METADATA_FILE} and {folder.parent}/{CONFIG_FILE}")
+            written = f"{folder}/{MODEL_FILE}, {folder}/{METADATA_FILE}, {folder}/{MODEL_CARD_FILE}"
+            print(f"wrote {written} and {folder.parent}/{CONFIG_FILE}")
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -20,9 +20,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from service.model.contract import CONFIG_FILE, INPUTS, METADATA_FILE, MODEL_FILE, OUTPUTS, tensors
+from service.model.contract import CONFIG_FILE, INPUTS, METADATA_FILE, MODEL_CARD_FILE, MODEL_FILE, OUTPUTS, tensors
 
 from .model import LSTMForecaster, ModelConfig
+from .quantize import gate, to_int8
 
 OPSET = 17
 MAX_ABS_DIFF = 1e-5
@@ -80,9 +81,12 @@ def to_onnx(model: LSTMForecaster) -> bytes:
 
 
 def parity(model: LSTMForecaster, onnx_bytes: bytes, seed: int = 0) -> float:
-    """Max abs difference between ONNX Runtime and PyTorch over PARITY_CASES (valid steps only)."""
+    """Max abs difference between ONNX Runtime and PyTorch over PARITY_CASES (valid steps only): outputs in the
+    head's normalised units (divided by the targets' standard deviation, so that float32 rounding weighs the
+    same whatever the targets' units), states as they are."""
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     mean, std = model.x_mean.numpy(), model.x_std.numpy()
+    y_std = model.y_std.numpy()
     rng = np.random.default_rng(seed)
     cfg = model.cfg
     worst = 0.0
@@ -99,7 +103,7 @@ def parity(model: LSTMForecaster, onnx_bytes: bytes, seed: int = 0) -> float:
         valid = np.arange(t)[None, :] < lengths[:, None]
         worst = max(
             worst,
-            float(np.abs(got[0] - ref[0].numpy())[valid].max()),
+            float(np.abs((got[0] - ref[0].numpy()) / y_std)[valid].max()),
             float(np.abs(got[1] - ref[1].numpy()).max()),
             float(np.abs(got[2] - ref[2].numpy()).max()),
         )
@@ -158,17 +162,69 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def export(checkpoint: str | Path, repository: str | Path, name: str, version: int = 1) -> Path:
-    """Write <repository>/<name>/<version>/{model.onnx,metadata.json}; returns that folder."""
+def model_card(meta: dict[str, Any]) -> str:
+    """The version's model card (Markdown), from its metadata: what it does, on what data, how well."""
+    m = meta["metrics"]
+    lines = [
+        f"# {meta['name']}, version {meta['version']}",
+        "",
+        f"- Task: {meta['task']}.",
+        f"- Inputs per step: {', '.join(meta['feature_names'])}; outputs per step: {', '.join(meta['target_names'])}.",
+        f"- LSTM: {meta['num_layers']} layers of {meta['hidden_size']} units; weights in {meta['precision']}.",
+        f"- Trained on `{meta['training']['data']}` (seed {meta['training']['seed']}), split by time.",
+        f"- ONNX opset {meta['opset']}; the float32 graph matches PyTorch within {meta['parity_max_abs_diff']:.2g}.",
+    ]
+    if m:
+        lines += [
+            "",
+            "Scores of the float32 model in training:",
+            "",
+            "| rows | model MAE | model RMSE | persistence MAE | persistence RMSE |",
+            "|---|---|---|---|---|",
+        ]
+        for part in ("val", "test"):
+            s = m[part]
+            lines.append(
+                f"| {part} ({m['rows'][part]}) | {s['model']['mae']:.4f} | {s['model']['rmse']:.4f} | "
+                f"{s['persistence']['mae']:.4f} | {s['persistence']['rmse']:.4f} |"
+            )
+        lines += ["", "Persistence forecasts the last observed value; errors are in the targets' units."]
+    q = meta.get("quantization")
+    if q:
+        before, after = q["held_out_mae"]["float32"], q["held_out_mae"]["int8"]
+        lines += [
+            "",
+            "## int8",
+            "",
+            f"{q['method']}. Held-out MAE over {q['held_out_rows']} rows, per target: float32 "
+            f"{', '.join(f'{v:.4f}' for v in before)}; int8 {', '.join(f'{v:.4f}' for v in after)} "
+            f"(written only if it grows by at most {q['max_mae_growth']:g}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export(
+    checkpoint: str | Path, repository: str | Path, name: str, version: int = 1, quantize: str | None = None
+) -> Path:
+    """Write <repository>/<name>/<version>/{model.onnx,metadata.json,model_card.md}; returns that folder.
+    ``quantize="int8"``: the int8 graph (``training.quantize``), if it passes the accuracy gate."""
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize: {quantize!r} is not a choice (int8)")
     model, ckpt = load_checkpoint(checkpoint)
     onnx_bytes = to_onnx(model)
     diff = parity(model, onnx_bytes)
     if not diff <= MAX_ABS_DIFF:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.3g} > {MAX_ABS_DIFF:g}; nothing written")
+    meta = metadata(model, ckpt, name, version, diff)
+    meta["precision"] = quantize or "float32"
+    if quantize == "int8":
+        int8 = to_int8(onnx_bytes)
+        meta["quantization"] = gate(onnx_bytes, int8, ckpt["config"]["train"])  # raises: nothing written
+        onnx_bytes = int8
     folder = Path(repository) / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomic(folder / MODEL_FILE, onnx_bytes)
-    meta = metadata(model, ckpt, name, version, diff)
     _write_atomic(folder / METADATA_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    _write_atomic(folder / MODEL_CARD_FILE, model_card(meta).encode())
     _write_atomic(folder.parent / CONFIG_FILE, triton_config(model, name).encode())
     return folder

@@ -21,6 +21,7 @@ import numpy as np
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.pbtxt"
+MODEL_CARD_FILE = "model_card.md"  # for people: what the model is, how well it does (the service ignores it)
 
 INPUTS = ("x", "h0", "c0", "lengths")
 OUTPUTS = ("y", "hn", "cn")

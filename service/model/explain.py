@@ -33,6 +33,17 @@ class LayerWeights:
     b: np.ndarray  # [4H]: input and recurrence biases summed
 
 
+def _dequantized(values: dict[str, np.ndarray], name: str, scale_and_zero: Any) -> np.ndarray:
+    """A ``DynamicQuantizeLSTM`` weight [1, input, 4H] of int8 as the float [4H, input] an ``LSTM`` holds: scales
+    and zero points per tensor ([1]) or per gate row ([1, 4H])."""
+    scale_name, zero_name = scale_and_zero
+    if name not in values or scale_name not in values or zero_name not in values:
+        raise ExplainUnavailable(f"quantized weight {name!r} without its constant scale and zero point")
+    scale, zero = (values[n].reshape(1, 1, -1).astype(np.float64) for n in (scale_name, zero_name))
+    out: np.ndarray = ((values[name].astype(np.float64) - zero) * scale)[0].T
+    return out
+
+
 def _sigmoid(v: np.ndarray) -> np.ndarray:
     out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * v))  # overflow-free
     return out
@@ -69,17 +80,22 @@ class Explainer:
         sub = producer_of("Sub", "x")
         div = producer_of("Div", sub.output[0])
         layers = []
-        for node in (n for n in graph.node if n.op_type == "LSTM"):
+        for node in (n for n in graph.node if n.op_type in ("LSTM", "DynamicQuantizeLSTM")):
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             extra = set(attrs) - {"hidden_size"} - ({"direction"} if attrs.get("direction") == b"forward" else set())
             if extra or not all(name in values for name in node.input[1:3]):
                 raise ExplainUnavailable(f"LSTM node {node.name!r} is not a plain forward LSTM with constant weights")
             hidden = int(attrs["hidden_size"])
             bias = values[node.input[3]][0] if len(node.input) > 3 and node.input[3] else np.zeros(8 * hidden)
+            if node.op_type == "LSTM":
+                w, r = values[node.input[1]][0], values[node.input[2]][0]
+            else:  # int8 weights: the values they stand for (the activations' own rounding is not modelled)
+                # inputs: X, W, R, B, lengths, h0, c0, P, then W's scale and zero point, then R's
+                w, r = (_dequantized(values, node.input[k], node.input[s : s + 2]) for k, s in ((1, 8), (2, 10)))
             layers.append(
                 LayerWeights(
-                    w=values[node.input[1]][0].astype(np.float64),
-                    r=values[node.input[2]][0].astype(np.float64),
+                    w=w.astype(np.float64),
+                    r=r.astype(np.float64),
                     b=(bias[: 4 * hidden] + bias[4 * hidden :]).astype(np.float64),
                 )
             )
