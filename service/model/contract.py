@@ -65,6 +65,9 @@ class ModelSpec:
     feature_names: list[str]
     target_names: list[str]
     metadata: dict[str, Any] = field(repr=False)
+    # The model file's content (a digest): a version rewritten in place is another revision, whose server-held
+    # sequences are not the old one's. The same file has the same revision on every replica.
+    revision: str = ""
 
     def graph(self) -> dict[str, TensorSpec]:
         return tensors(self.input_size, self.output_size, self.hidden_size, self.num_layers)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession) -> ModelSpec:
+def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession, revision: str) -> ModelSpec:
     """Check that the graph has the signature the service drives and that metadata agrees with it."""
     where = folder / MODEL_FILE
     inputs = {i.name: i for i in session.get_inputs()}
@@ -70,6 +72,7 @@ def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession) -> 
             feature_names=[str(n) for n in meta["feature_names"]],
             target_names=[str(n) for n in meta["target_names"]],
             metadata=meta,
+            revision=revision,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{folder / METADATA_FILE}: missing or malformed field {e}") from None
@@ -78,6 +81,13 @@ def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession) -> 
             raise ModelLoadError(f"{where}: the graph's {key} is {dim} but {METADATA_FILE} says {getattr(spec, key)}")
     if len(spec.feature_names) != spec.input_size or len(spec.target_names) != spec.output_size:
         raise ModelLoadError(f"{folder / METADATA_FILE}: feature or target names do not match the sizes")
+    means = meta.get("feature_means")
+    if means is not None and not (
+        isinstance(means, list)
+        and len(means) == spec.input_size
+        and all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) for m in means)
+    ):
+        raise ModelLoadError(f"{folder / METADATA_FILE}: feature_means must be {spec.input_size} finite numbers")
     return spec
 
 
@@ -162,7 +172,8 @@ class Engine:
             )
         if want_cuda and actual[0] != CUDA:
             log.warning("CUDA is not usable here; ONNX Runtime fell back to %s", actual[0])
-        engine = cls(_spec(folder, meta, session), session, folder, chunk_steps, call_max_steps)
+        revision = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
+        engine = cls(_spec(folder, meta, session, revision), session, folder, chunk_steps, call_max_steps)
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine
 

@@ -84,6 +84,10 @@ class Batcher:
     def started(self) -> bool:
         return self._thread.ident is not None
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

@@ -30,7 +30,7 @@ from .. import metrics
 from ..model import repository
 from ..model.errors import ModelLoadError
 from ..settings import CONTROL_JOURNAL_ENV, Settings
-from .errors import LoadFailed, ModelControlOff, ModelInUse, UnknownModel
+from .errors import LoadFailed, ModelControlOff, ModelInUse, NotReady, UnknownModel
 from .registry import Change, Registry
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,12 @@ class Journal:
         self.path = path
 
     def read(self) -> dict[str, tuple[int, str]]:
+        """The last change of each model; nothing from a file that is missing or not the journal's shape."""
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            return {str(name): (int(n), str(action)) for name, (n, action) in data["models"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}
-        return {name: (int(n), action) for name, (n, action) in data.get("models", {}).items()}
 
     def record(self, name: str, action: str) -> int:
         """Write one change; returns its number."""
@@ -57,8 +58,9 @@ class Journal:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                data = {"last": 0, "models": {}}
+                int(data["last"]), dict(data["models"])
+            except (OSError, ValueError, KeyError, TypeError):
+                data = {"last": max((n for n, _ in self.read().values()), default=0), "models": {}}
             data["last"] += 1
             data["models"][name] = [data["last"], action]
             temporary = self.path.with_suffix(f".{os.getpid()}")
@@ -120,10 +122,10 @@ class ModelControl:
         """Load a model of the repository, or load it again: new and changed versions swap in, the rest stay."""
         self._explicit("load")
         if not await run_in_threadpool(_in_repository, self.registry.root, name):
-            raise LoadFailed(f"failed to load {name!r}: the repository has no model of that name")
+            raise UnknownModel(f"No model {name!r} in the repository to load")
         async with self._lock:
             change = await self._load(name)
-            self._record(name, "load")
+            await self._record(name, "load")
         return change
 
     async def unload(self, name: str) -> None:
@@ -133,11 +135,11 @@ class ModelControl:
             raise UnknownModel(f"No model {name!r} to unload; models: {', '.join(self.registry.names())}")
         async with self._lock:
             await self._unload(name)
-            self._record(name, "unload")
+            await self._record(name, "unload")
 
-    def _record(self, name: str, action: str) -> None:
+    async def _record(self, name: str, action: str) -> None:
         if self.journal is not None:
-            self._seen[name] = self.journal.record(name, action)
+            self._seen[name] = await run_in_threadpool(self.journal.record, name, action)
 
     async def follow(self) -> None:
         """Apply the changes other workers made on request (explicit, several workers)."""
@@ -179,6 +181,7 @@ class ModelControl:
             log.error("model %s: load failed, what was serving serves on: %s", name, e)
             raise LoadFailed(f"failed to load {name!r}: {e}; what was serving serves on") from None
         retired = self.registry.apply(change)
+        self.registry.start()  # the fresh versions' batchers
         for version in change.fresh:
             metrics.MODEL_LOADS.labels(name, version, "ok").inc()
         if change.fresh or retired:
@@ -204,5 +207,16 @@ def _in_repository(root: Path, name: str) -> bool:
 
 
 def _look(root: Path) -> dict[str, Any]:
-    """Each model's files as they are now."""
+    """Each model's files as they are now. A repository that cannot be read is not an empty one: that look fails
+    (and the next one tries again), rather than unloading every model."""
+    if not root.is_dir():
+        raise OSError(f"the model repository {root} cannot be read")
     return {name: repository.model_stamp(root, name) for name in repository.model_names(root)}
+
+
+def of(state: Any) -> ModelControl:
+    """The model control the lifespan put in an app's state, or NotReady while it loads."""
+    control: ModelControl | None = getattr(state, "control", None)
+    if control is None:
+        raise NotReady
+    return control

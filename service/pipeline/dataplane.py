@@ -116,8 +116,10 @@ class DataPlane:
     active: int = field(default=0, init=False)  # requests admitted on this version, not yet answered
     retired: bool = field(default=False, init=False)
     drained: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    replaced: str = field(default="", init=False)  # the versions of this model it replaced, for a sequence's error
-    _served: tuple[Any, Any, Any] = field(init=False, repr=False)  # this version's metric series
+    # which versions of this model this one replaced, and when: said in a sequence's error until replaced_until
+    replaced: str = field(default="", init=False)
+    replaced_until: float = field(default=0.0, init=False)
+    _served: tuple[Any, Any] = field(init=False, repr=False)  # this version's metric series
 
     def __post_init__(self) -> None:
         self._served = metrics.version_series(self.engine.spec.name, self.engine.spec.version)
@@ -132,7 +134,7 @@ class DataPlane:
         """Admit, then read, decode, infer and encode within the deadline."""
         self.admission.enter()
         self.active += 1
-        size, start, ok = 0, time.perf_counter(), False
+        size, start = 0, time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read()
@@ -146,13 +148,13 @@ class DataPlane:
                     outcome = await self._in_sequence(call)
                 else:
                     outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
-                answer = codec.encode(call, outcome, spec)
-                ok = True
-                return answer
+                return codec.encode(call, outcome, spec)
         except TimeoutError:
+            self._served[0].inc()
             metrics.REJECTED.labels("deadline").inc()
             raise DeadlineExceeded(f"The request took longer than its {self.timeout_s:g} s deadline") from None
         except ServiceError as e:
+            self._served[0].inc()
             # A client's error needs no stack; dropping it frees the decoder's frames, and what they held
             # (the parsed body), now rather than at the next garbage collection.
             raise e.with_traceback(None) from None
@@ -161,9 +163,7 @@ class DataPlane:
             self.active -= 1
             if self.retired and not self.active:
                 self.drained.set()
-            answered, failed, latency = self._served
-            (answered if ok else failed).inc()
-            latency.observe(time.perf_counter() - start)
+            self._served[1].observe(time.perf_counter() - start)
             if size > memory.LARGE_BODY_BYTES:
                 memory.trim()
 
@@ -175,7 +175,8 @@ class DataPlane:
         try:
             return await self.sequences.run(call, self.engine.spec, self.infer)
         except InvalidInput as e:
-            if self.replaced and e.errors and e.errors[0]["type"] == "sequence_unknown":
+            hint = self.replaced and time.monotonic() < self.replaced_until
+            if hint and e.errors and e.errors[0]["type"] == "sequence_unknown":
                 # A sequence stays with the version it started on: that version's sequences ended with it.
                 e.errors[0]["msg"] += f" (a sequence started on {self.replaced} ended with it)"
             raise

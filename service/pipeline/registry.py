@@ -138,6 +138,9 @@ class Registry:
                     change.planes[version] = self.build(folder)
                 except ModelLoadError as e:
                     raise VersionLoadError(name, version, str(e)) from None
+                except Exception as e:  # warm-up or the inline measure failed on what the files hold
+                    log.exception("model %s version %s: loading failed", name, version)
+                    raise VersionLoadError(name, version, f"{folder} failed to warm up: {e!r}") from None
                 change.fresh.append(version)
             change.stamps[version] = stamp
         return change
@@ -148,20 +151,14 @@ class Registry:
             raise ModelInUse(
                 f"model {name!r} is the default model (/predict): it cannot be unloaded; load a new version instead"
             )
-        listed = {v for n, v in self.planes if n == name} | {v for n, v in self.unavailable if n == name}
-        listed |= {str(v) for v in repository.on_disk(self.root, name)}
-        return Change(name, {}, {}, dict.fromkeys(listed, UNLOADED))
+        return Change(name, {}, {}, {str(v): UNLOADED for v in repository.on_disk(self.root, name)})
 
     def apply(self, change: Change) -> list[DataPlane]:
-        """Serve what ``change`` says from now on (on the event loop, at once); returns the retired versions."""
+        """Serve what ``change`` says from now on, at once (on the event loop while serving); returns the versions
+        it retired. The fresh versions' batchers start with ``start``."""
         name = change.name
         new = {(name, v): p for v, p in change.planes.items()}
         retired = [p for k, p in self.planes.items() if k[0] == name and new.get(k) is not p]
-        for version in change.fresh:
-            plane = change.planes[version]
-            if plane.batcher is not None:
-                plane.batcher.start()
-            metrics.MODEL_INFO.labels(name, version, plane.engine.provider).set(1)
         self.planes = {k: p for k, p in self.planes.items() if k[0] != name} | new
         self.stamps = {k: s for k, s in self.stamps.items() if k[0] != name} | {
             (name, v): s for v, s in change.stamps.items()
@@ -171,13 +168,16 @@ class Registry:
         }
         if name == self.default[0] and self.pinned is None and change.planes:
             self.default = (name, max(change.planes, key=int))
-        if retired:
-            stopped = ", ".join(sorted({p.engine.spec.version for p in retired}, key=int))
-            note = f"version {stopped} of model {name!r}, which stopped serving at {time.strftime('%H:%M:%S')}"
-            for plane in change.planes.values():
-                plane.replaced = note
         for plane in retired:
             self._retire(plane)
+        for version in change.fresh:  # after the retired ones: a version loaded again is the same series
+            plane = change.planes[version]
+            metrics.MODEL_INFO.labels(name, version, plane.engine.provider).set(1)
+            if retired:
+                stopped = ", ".join(sorted({p.engine.spec.version for p in retired}, key=int))
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+                plane.replaced = f"version {stopped} of model {name!r}, which stopped serving at {when}"
+                plane.replaced_until = time.monotonic() + self.store.terms.idle_s  # its sequences expired by then
         return retired
 
     def _retire(self, plane: DataPlane) -> None:
@@ -193,19 +193,26 @@ class Registry:
     async def _free(self, plane: DataPlane) -> None:
         """Once a retired version has answered what it admitted: stop its batcher, release its session."""
         await plane.drained.wait()
+        spec = plane.engine.spec
         if plane.batcher is not None:
             await run_in_threadpool(plane.batcher.stop)
+            if plane.batcher.running:  # a model call longer than the stop's wait: the collector frees it later
+                log.warning(
+                    "version %s of model %s: its batcher is still running; not released", spec.version, spec.name
+                )
+                self._retiring.discard(plane)
+                return
         plane.engine.release()
         self._retiring.discard(plane)
-        log.info("version %s of model %s freed", plane.engine.spec.version, plane.engine.spec.name)
+        log.info("version %s of model %s freed", spec.version, spec.name)
 
-    async def drained(self) -> None:
-        """Wait until every retired version is freed (tests, and shutdown)."""
+    async def wait_freed(self) -> None:
+        """Wait until every retired version is freed."""
         while self._tasks:
             await asyncio.gather(*self._tasks)
 
     def start(self) -> None:
-        """Start the batchers of what serves (the registry was loaded off the event loop)."""
+        """Start the batchers of what serves that have not started: at start, and after each change."""
         for p in self.planes.values():
             if p.batcher is not None and not p.batcher.started:
                 p.batcher.start()
@@ -216,7 +223,7 @@ class Registry:
                 p.batcher.stop()
 
     async def close(self) -> None:
-        """Stop the batchers (off the event loop) and close the sequence store."""
+        """Stop every batcher, retired versions' included (off the event loop), and close the sequence store."""
         for task in self._tasks:
             task.cancel()
         await run_in_threadpool(self.stop)

@@ -68,10 +68,11 @@ class SequenceRef:
     chunk_loc: Loc = ("sequence", "chunk")
 
     def key(self, spec: ModelSpec) -> str:
-        """The store's key: the model's name and version (a sequence goes on with the weights it started on;
-        another version's states are not its states), and the id, integers and strings kept apart. As JSON,
-        so that no name or id can spell another's key."""
-        return orjson.dumps([spec.name, spec.version, "u" if isinstance(self.id, int) else "s", str(self.id)]).decode()
+        """The store's key: the model's name, version and revision (a sequence goes on with the weights it started
+        on; another version's states, or a rewritten version's, are not its states), and the id, integers and
+        strings kept apart. As JSON, so that no name or id can spell another's key."""
+        kind = "u" if isinstance(self.id, int) else "s"
+        return orjson.dumps([spec.name, spec.version, spec.revision, kind, str(self.id)]).decode()
 
 
 def sequence_id(value: Any, loc: Loc) -> int | str:

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..model.contract import ModelSpec
+from ..pipeline import control as model_control
 from ..pipeline.control import ModelControl
-from ..pipeline.errors import NotReady, ServiceError
+from ..pipeline.errors import ServiceError
 from ..pipeline.registry import Registry
-from ..pipeline.registry import of as registry_of
 from ..server.http import read_body
 from ..server.shutdown import DRAINING, is_ready
 from . import oip
@@ -25,8 +25,15 @@ from .rest_routes import get_registry
 from .schemas import inline_schema
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
-INDEX_BODY_MAX = 1024  # the repository extension's requests: {"ready": true}, {"parameters": {...}} at most
+REPOSITORY_BODY_MAX = 1024  # the repository extension's requests: {"ready": true}, {"parameters": {...}} at most
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+async def get_control(request: Request) -> ModelControl:
+    return model_control.of(request.app.state)  # NotReady (503) while the models load
+
+
+ControlDep = Annotated[ModelControl, Depends(get_control)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text}
     for code, text in [
@@ -84,7 +91,7 @@ INDEX_DOCS: dict[str, Any] = {
 async def repository_index(registry: RegistryDep, request: Request) -> list[dict[str, str]]:
     # a few bytes at most: a larger body is refused, not buffered; a slow one times out as any body does
     timeout_s = registry.default_plane.limits.body_timeout_s
-    body = await read_body(request.scope, request.receive, INDEX_BODY_MAX, timeout_s)
+    body = await read_body(request.scope, request.receive, REPOSITORY_BODY_MAX, timeout_s)
     return _index(registry, oip.index_request(body).ready)
 
 
@@ -122,34 +129,27 @@ def _control_docs(model: type[Any]) -> dict[str, Any]:
 
 
 @router.post("/repository/models/{name}/load", summary="Load a model", **_control_docs(oip.RepositoryLoadRequest))
-async def repository_load(name: str, request: Request) -> dict[str, Any]:
+async def repository_load(name: str, request: Request, registry: RegistryDep, control: ControlDep) -> dict[str, Any]:
     """Load the model from the repository, or load it again: each new or changed version is loaded and warmed
     off the request path, then swapped in; requests admitted before finish on the version they started on.
     Needs `LSTM_MODEL_CONTROL=explicit`."""
-    await _control_body(request, oip.RepositoryLoadRequest)
-    change = await control_of(request.app.state).load(name)
+    await _control_body(request, registry, oip.RepositoryLoadRequest)
+    change = await control.load(name)
     return {"name": name, "serving": sorted(change.planes, key=int), "loaded": change.fresh}
 
 
 @router.post("/repository/models/{name}/unload", summary="Unload a model", **_control_docs(oip.RepositoryUnloadRequest))
-async def repository_unload(name: str, request: Request) -> dict[str, Any]:
+async def repository_unload(name: str, request: Request, registry: RegistryDep, control: ControlDep) -> dict[str, Any]:
     """Stop serving every version of the model; requests admitted finish first. The default model is refused
     (409). Server-held sequences of its versions end with them. Needs `LSTM_MODEL_CONTROL=explicit`."""
-    await _control_body(request, oip.RepositoryUnloadRequest)
-    await control_of(request.app.state).unload(name)
+    await _control_body(request, registry, oip.RepositoryUnloadRequest)
+    await control.unload(name)
     return {"name": name}
 
 
-async def _control_body(request: Request, model: type[Any]) -> None:
-    timeout_s = registry_of(request.app.state).default_plane.limits.body_timeout_s
-    oip.control_request(await read_body(request.scope, request.receive, INDEX_BODY_MAX, timeout_s), model)
-
-
-def control_of(state: Any) -> ModelControl:
-    control: ModelControl | None = getattr(state, "control", None)
-    if control is None:
-        raise NotReady
-    return control
+async def _control_body(request: Request, registry: Registry, model: type[Any]) -> None:
+    timeout_s = registry.default_plane.limits.body_timeout_s
+    oip.control_request(await read_body(request.scope, request.receive, REPOSITORY_BODY_MAX, timeout_s), model)
 
 
 INFER_DOCS: dict[str, Any] = {
