@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import shutil
 import threading
 import time
@@ -21,9 +22,11 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from service.model.contract import MODEL_FILE
+from service.model.errors import ModelLoadError
 from service.pipeline import memory
-from service.pipeline.control import Journal, ModelControl
-from service.pipeline.errors import UnknownModel
+from service.pipeline.control import ModelControl
+from service.pipeline.errors import LoadFailed, UnknownModel
+from service.pipeline.journal import Journal
 from service.pipeline.registry import Registry
 from service.protocols import rest
 from service.settings import Settings
@@ -190,8 +193,11 @@ def test_a_load_that_fails_leaves_what_serves_and_says_why(
     assert why in r.json()["error"]
     assert "what was serving serves on" in r.json()["error"]
     assert any(why in rec.getMessage() for rec in caplog.records)  # and in the log
+    assert str(models) not in r.json()["error"] and "tiny/2/" in r.json()["error"]  # the repository's paths only
     assert registry(c).default_plane is serving and not serving.retired
     np.testing.assert_allclose(outputs(c), reference(models / "tiny" / "1"), atol=1e-5)
+    index = {(e["name"], e["version"]): e for e in c.get("/v2/repository/index").json()}
+    assert index[("tiny", "2")]["state"] == "UNAVAILABLE" and why in index[("tiny", "2")]["reason"]
     after = c.get("/metrics").text
     grew = sample(after, "lstm_model_loads_total", model="tiny", version="2", outcome="failed")
     assert grew - sample(before, "lstm_model_loads_total", model="tiny", version="2", outcome="failed") == 1
@@ -602,38 +608,89 @@ def test_a_version_that_fails_to_warm_up_is_a_failed_load(
 
 
 def test_workers_follow_each_others_loads_through_the_journal(
-    settings: Settings, builds: Path, models: Path, tmp_path: Path
+    settings: Settings, builds: Path, models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers' model controls on one journal: what one loads or unloads on request, the other applies when
-    it follows; a journal that is not the journal's shape is read as empty, never as a failure."""
+    """Two workers' model controls on one journal (two live pids): a load or unload answered by one is answered
+    once the other serves it too; a load the other cannot do is a failed load naming it; a journal deleted or
+    damaged starts a new epoch, which every worker applies again."""
     s = settings.model_copy(update={"model_repository": models, "model_name": "tiny", "model_control": "explicit"})
-    journal = Journal(tmp_path / "journal.json")
-    one, two = (ModelControl(Registry.load(s), "explicit", 1.0, journal) for _ in range(2))
+    journal = Journal(tmp_path / "control" / "journal.json")
+    one, two = (
+        ModelControl(Registry.load(s), "explicit", 1.0, journal, wait_s=10, pid=pid, workers=2)
+        for pid in (os.getpid(), os.getppid())
+    )
 
     async def scenario() -> None:
         for control in (one, two):
             control.registry.start()
+        two.start()  # following, every FOLLOW_S
+        await asyncio.sleep(0.1)  # its first look says it is there
         add(builds, models, 2)
         await one.load("tiny")
-        assert two.registry.default == ("tiny", "1")
-        await two.follow()
-        assert two.registry.default == ("tiny", "2")
+        assert two.registry.default == ("tiny", "2")  # answered once the other worker serves it
         await one.unload("other")
-        await two.follow()
         assert two.registry.names() == ["tiny"]
-        await two.load("other")  # the other way round
-        await one.follow()
-        assert one.registry.names() == ["other", "tiny"]
-        before = two.registry.planes
-        await two.follow()  # nothing new: nothing done
-        assert two.registry.planes is before
-        assert journal.read() == {"tiny": (1, "load"), "other": (3, "load")}
-        for bad in ("[1, 2]", '{"models": {"tiny": 5}}', "{", '{"models": []}'):
-            journal.path.write_text(bad)
-            assert journal.read() == {}
-            await two.follow()
-        assert journal.record("tiny", "load") == 1  # a damaged journal starts again
+        acks = journal.read().workers
+        assert acks[os.getppid()].seen == 2 and acks[os.getppid()].failed == {}
+        # a load the other worker cannot do: the answer names it, and what it said
+        real = two.registry.build
+
+        def broken(folder: Path):  # type: ignore[no-untyped-def]
+            raise ModelLoadError("disk on fire")
+
+        monkeypatch.setattr(two.registry, "build", broken)
+        with pytest.raises(LoadFailed, match=f"worker {os.getppid()}: failed to load 'other': disk on fire"):
+            await one.load("other")
+        monkeypatch.setattr(two.registry, "build", real)
+        await one.load("other")  # fixed, loaded again: both serve it
+        assert two.registry.names() == ["other", "tiny"]
+        # the journal deleted: a new epoch, and the next change reaches the other worker all the same
+        journal.path.unlink()
+        await one.unload("other")
+        assert two.registry.names() == ["tiny"]
+        for damage in ('{"epoch": "x"}', "{", "[1]"):
+            journal.path.write_text(damage)
+            assert journal.read().epoch == ""
+            await one.load("other")
+            assert two.registry.names() == ["other", "tiny"]
+            await one.unload("other")
+            assert two.registry.names() == ["tiny"]
+        await two.stop()  # a worker that stops following: the answer says so, once its wait is over
+        one.wait_s = 0.3
+        with pytest.raises(LoadFailed, match="1 of the server's other workers had not applied it after 0.3 s"):
+            await one.load("other")
         for control in (one, two):
             await control.registry.close()
 
     asyncio.run(scenario())
+
+
+def test_a_sequence_goes_on_with_the_version_it_started_on_while_that_serves(
+    settings: Settings, builds: Path, models: Path
+) -> None:
+    """Both versions serve (version_policy all): after version 2 becomes the default, a sequence started on version 1
+    through /predict goes on with version 1 there (its answer says so), to its end; new sequences start on 2."""
+    (models / "tiny" / "config.pbtxt").write_text('name: "tiny"\nversion_policy: { all: {} }\n')
+    with app_client(settings, model_repository=models, model_name="tiny", model_control="explicit") as c:
+        first = c.post("/predict", json={"inputs": [ROWS], "sequence": {"id": "old", "start": True}}).json()
+        add(builds, models, 2)
+        assert load(c, "tiny").json()["serving"] == ["1", "2"]
+        r = c.post("/predict", json={"inputs": [ROWS], "sequence": {"id": "old", "end": True}})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"]["version"] == "1"
+        whole = c.post("/v1/models/tiny/versions/1/predict", json={"inputs": [ROWS + ROWS]}).json()["outputs"][0]
+        np.testing.assert_allclose(first["outputs"][0] + r.json()["outputs"][0], whole, atol=1e-5)
+        new = c.post("/predict", json={"inputs": [ROWS], "sequence": {"id": "new", "start": True}}).json()
+        assert new["model"]["version"] == "2"
+        # named versions are taken at their word: version 2 does not hold "new2" started on 1
+        c.post("/v1/models/tiny/versions/1/predict", json={"inputs": [ROWS], "sequence": {"id": "new2", "start": True}})
+        r = c.post("/v1/models/tiny/versions/2/predict", json={"inputs": [ROWS], "sequence": {"id": "new2"}})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "sequence_unknown"
+        r = c.post(
+            "/v2/models/tiny/infer",
+            json={
+                "inputs": [{"name": "x", "shape": [1, 3, 4], "datatype": "FP32", "data": np.ravel(ROWS).tolist()}],
+                "parameters": {"sequence_id": "new2"},
+            },
+        )
+        assert r.status_code == 200 and r.json()["model_version"] == "1"

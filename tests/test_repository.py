@@ -114,3 +114,9 @@ def test_version_folders_are_plain_numbers(five: Path) -> None:
     policy(five, "version_policy: { latest: { num_versions: 2 } }")
     assert repository.on_disk(five, "tiny") == [1, 2, 3, 5, 8]
     assert repository.versions(five, "tiny") == [5, 8]
+
+
+def test_a_huge_configuration_is_refused_before_it_is_parsed(five: Path) -> None:
+    (five / "tiny" / "config.pbtxt").write_text('name: "tiny"\n' + "# padding\n" * 200_000)
+    with pytest.raises(ModelLoadError, match="over 1048576 bytes"):
+        repository.version_policy(five, "tiny")

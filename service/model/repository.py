@@ -15,6 +15,8 @@ from tritonclient.grpc import model_config_pb2
 from .contract import CONFIG_FILE, METADATA_FILE, MODEL_FILE
 from .errors import ModelLoadError
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a config.pbtxt is a few kilobytes; a huge one would hold a load up for long
+
 
 def on_disk(root: Path, name: str) -> list[int]:
     """Every version of a model in the repository, ascending: numeric folders that hold a model file."""
@@ -34,6 +36,8 @@ def version_policy(root: Path, name: str) -> model_config_pb2.ModelVersionPolicy
     path = root / name / CONFIG_FILE
     config = model_config_pb2.ModelConfig()
     if path.is_file():
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelLoadError(f"{path} is over {MAX_CONFIG_BYTES} bytes: not a model configuration")
         try:
             text_format.Parse(path.read_text(), config)
         except (text_format.ParseError, UnicodeDecodeError) as e:

@@ -6,7 +6,8 @@
   A load that fails is logged, and tried again once the model's files change again.
 - ``explicit``: loads and unloads on request only (the model repository extension's ``load`` and ``unload``).
   With several workers, the worker that answers applies the change and writes it to the server's control
-  journal (a file its workers share); the others apply it within ``FOLLOW_S``.
+  journal (``service.pipeline.journal``); the others apply it within ``FOLLOW_S`` and say so there, and the
+  answer waits until every worker serves it (or says which failed, and why).
 
 A load builds each new or changed version and warms it off the event loop, then swaps it in at once; requests
 already admitted finish on the version they started on, which is freed when they are done (``Registry``). A load
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
 import os
 from pathlib import Path
@@ -31,69 +30,57 @@ from ..model import repository
 from ..model.errors import ModelLoadError
 from ..settings import CONTROL_JOURNAL_ENV, Settings
 from .errors import LoadFailed, ModelControlOff, ModelInUse, NotReady, UnknownModel
+from .journal import Journal, alive
 from .registry import Change, Registry
 
 log = logging.getLogger(__name__)
 FOLLOW_S = 0.5  # how often a worker looks at the control journal
 
 
-class Journal:
-    """The explicit loads and unloads of one server, in order, in a file its workers share:
-    ``{"last": n, "models": {name: [n, "load" | "unload"]}}`` (the last change of each model)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self) -> dict[str, tuple[int, str]]:
-        """The last change of each model; nothing from a file that is missing or not the journal's shape."""
-        try:
-            data = json.loads(self.path.read_text())
-            return {str(name): (int(n), str(action)) for name, (n, action) in data["models"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
-
-    def record(self, name: str, action: str) -> int:
-        """Write one change; returns its number."""
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text())
-                int(data["last"]), dict(data["models"])
-            except (OSError, ValueError, KeyError, TypeError):
-                data = {"last": max((n for n, _ in self.read().values()), default=0), "models": {}}
-            data["last"] += 1
-            data["models"][name] = [data["last"], action]
-            temporary = self.path.with_suffix(f".{os.getpid()}")
-            temporary.write_text(json.dumps(data))
-            temporary.replace(self.path)
-            return int(data["last"])
-
-
 class ModelControl:
-    def __init__(self, registry: Registry, mode: str, poll_s: float, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        mode: str,
+        poll_s: float,
+        journal: Journal | None = None,
+        wait_s: float = 30.0,
+        pid: int | None = None,
+        workers: int = 1,
+    ) -> None:
         self.registry = registry
         self.mode = mode
         self.poll_s = poll_s
         self.journal = journal if mode == "explicit" else None
+        self.wait_s = wait_s  # how long a load waits for the other workers to apply it
+        self.pid = pid or os.getpid()  # this worker, in the journal
+        self.workers = workers  # the server's worker processes, this one included
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stamps: dict[str, Any] = {}  # poll: each model's files as last seen
-        self._seen: dict[str, int] = {}  # explicit: the journal's changes this worker has applied
+        # explicit, several workers: the journal's epoch, the changes of it this worker has applied, and its loads
+        # that failed (change, why), which it acknowledges
+        self._epoch = ""
+        self._seen: dict[str, int] = {}
+        self._failed: dict[str, tuple[int, str]] = {}
 
     @classmethod
     def create(cls, s: Settings) -> ModelControl:
         """Load the registry and set up control (blocking: call it off the event loop)."""
         stamps = _look(s.model_repository) if s.model_control == "poll" else {}  # before loading: no change missed
         path = os.environ.get(CONTROL_JOURNAL_ENV)
-        control = cls(Registry.load(s), s.model_control, s.repository_poll_s, Journal(Path(path)) if path else None)
+        journal = Journal(Path(path)) if path else None
+        control = cls(
+            Registry.load(s), s.model_control, s.repository_poll_s, journal, s.request_timeout_s, workers=s.workers or 1
+        )
         control._stamps = stamps
         return control
 
     def start(self) -> None:
         if self.mode == "poll":
             self._task = asyncio.get_running_loop().create_task(self._every(self.poll_s, self.poll))
-        elif self.journal is not None:
-            self._task = asyncio.get_running_loop().create_task(self._every(FOLLOW_S, self.follow))
+        elif self.journal is not None:  # the first look at once: it tells the other workers this one is here
+            self._task = asyncio.get_running_loop().create_task(self._every(FOLLOW_S, self.follow, first=0.0))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -101,13 +88,14 @@ class ModelControl:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _every(self, seconds: float, step: Any) -> None:
+    async def _every(self, seconds: float, step: Any, first: float | None = None) -> None:
+        await asyncio.sleep(seconds if first is None else first)
         while True:
-            await asyncio.sleep(seconds)
             try:
                 await step()
             except Exception:  # a look that failed is tried again next time; the loop never ends on it
                 log.exception("model control: %s failed", step.__name__)
+            await asyncio.sleep(seconds)
 
     # -- on request (explicit) --
 
@@ -119,13 +107,16 @@ class ModelControl:
             )
 
     async def load(self, name: str) -> Change:
-        """Load a model of the repository, or load it again: new and changed versions swap in, the rest stay."""
+        """Load a model of the repository, or load it again: new and changed versions swap in, the rest stay.
+        With several workers, answered once every worker serves it."""
         self._explicit("load")
         if not await run_in_threadpool(_in_repository, self.registry.root, name):
             raise UnknownModel(f"No model {name!r} in the repository to load")
         async with self._lock:
             change = await self._load(name)
-            await self._record(name, "load")
+            recorded = await self._record(name, "load")
+        if recorded is not None:
+            await self._others(name, *recorded)
         return change
 
     async def unload(self, name: str) -> None:
@@ -135,23 +126,69 @@ class ModelControl:
             raise UnknownModel(f"No model {name!r} to unload; models: {', '.join(self.registry.names())}")
         async with self._lock:
             await self._unload(name)
-            await self._record(name, "unload")
+            recorded = await self._record(name, "unload")
+        if recorded is not None:
+            await self._others(name, *recorded)
 
-    async def _record(self, name: str, action: str) -> None:
-        if self.journal is not None:
-            self._seen[name] = await run_in_threadpool(self.journal.record, name, action)
+    async def _record(self, name: str, action: str) -> tuple[str, int] | None:
+        """Write the change this worker applied to the journal; its epoch and number (None: one worker)."""
+        if self.journal is None:
+            return None
+        state = await run_in_threadpool(self.journal.record, name, action)
+        if state.epoch != self._epoch:  # a new journal: nothing in it applied yet but this change
+            self._epoch, self._seen = state.epoch, {}
+        self._seen[name] = state.last
+        return state.epoch, state.last
+
+    async def _others(self, name: str, epoch: str, number: int) -> None:
+        """Wait until every other worker has applied change ``number``; LoadFailed naming those that failed."""
+        assert self.journal is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while True:
+            state = await run_in_threadpool(self.journal.read)
+            if state.epoch != epoch:  # the journal was made anew meanwhile: the workers apply it from the start
+                log.warning("model %s: the control journal was replaced; the workers apply it again", name)
+                return
+            others = {pid: a for pid, a in state.workers.items() if pid != self.pid and alive(pid)}
+            failed = {pid: a.failed[name][1] for pid, a in others.items() if a.failed.get(name, (0, ""))[0] == number}
+            if failed:
+                pid, why = next(iter(failed.items()))
+                raise LoadFailed(
+                    f"model {name!r} serves on this worker, but {len(failed)} of the server's other workers could "
+                    f"not load it (worker {pid}: {why}); fix the files and load it again"
+                )
+            done = sum(1 for a in others.values() if a.seen >= number)  # a worker not in the journal yet: not done
+            if done >= self.workers - 1:
+                return
+            if loop.time() > deadline:
+                raise LoadFailed(
+                    f"model {name!r} serves on this worker; {self.workers - 1 - done} of the server's other workers "
+                    f"had not applied it after {self.wait_s:g} s"
+                )
+            await asyncio.sleep(FOLLOW_S / 10)
 
     async def follow(self) -> None:
-        """Apply the changes other workers made on request (explicit, several workers)."""
+        """Apply the changes other workers made on request (explicit, several workers), and say so."""
         assert self.journal is not None
-        changes = await run_in_threadpool(self.journal.read)
+        state = await run_in_threadpool(self.journal.read)
+        if self.pid not in state.workers:  # this worker's first look, or a new journal: it joins
+            state = await run_in_threadpool(self.journal.join, self.pid)
         async with self._lock:
-            for name, (n, action) in sorted(changes.items(), key=lambda c: c[1][0]):
-                if self._seen.get(name, 0) >= n:
-                    continue
+            fresh = state.epoch != self._epoch
+            if fresh:  # a new journal (or this worker's first look): every change in it applies
+                self._epoch, self._seen, self._failed = state.epoch, {}, {}
+            changes = [(n, name, action) for name, (n, action) in state.models.items() if self._seen.get(name, 0) < n]
+            for n, name, action in sorted(changes):
                 self._seen[name] = n
-                with contextlib.suppress(LoadFailed, ModelInUse):  # logged where it failed
+                try:
                     await (self._load(name) if action == "load" else self._unload(name))
+                    self._failed.pop(name, None)
+                except (LoadFailed, ModelInUse, UnknownModel) as e:  # logged where it failed; said in the ack
+                    self._failed[name] = (n, str(e))
+        mine = state.workers.get(self.pid)
+        if fresh or changes or mine is None or mine.seen < state.last:
+            await run_in_threadpool(self.journal.ack, self.pid, state.epoch, state.last, dict(self._failed))
 
     # -- watching the repository (poll) --
 
@@ -177,9 +214,13 @@ class ModelControl:
         try:
             change = await run_in_threadpool(self.registry.plan, name)
         except ModelLoadError as e:
-            metrics.MODEL_LOADS.labels(name, getattr(e, "version", ""), "failed").inc()
+            version = getattr(e, "version", "")
+            metrics.MODEL_LOADS.labels(name, version, "failed").inc()
             log.error("model %s: load failed, what was serving serves on: %s", name, e)
-            raise LoadFailed(f"failed to load {name!r}: {e}; what was serving serves on") from None
+            why = str(e).replace(f"{self.registry.root}/", "")  # the repository's paths, not the server's
+            if version and (name, version) not in self.registry.planes:  # the index says why it does not serve
+                self.registry.unavailable[(name, version)] = f"failed to load: {why}"
+            raise LoadFailed(f"failed to load {name!r}: {why}; what was serving serves on") from None
         retired = self.registry.apply(change)
         self.registry.start()  # the fresh versions' batchers
         for version in change.fresh:

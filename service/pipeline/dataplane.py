@@ -10,6 +10,7 @@ and the explanation path. Knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,10 @@ class Codec(Protocol[A]):
     def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[Any]: ...
 
     def encode(self, call: Call[Any], outcome: Outcome, spec: ModelSpec) -> A: ...
+
+
+class _Unknown(Exception):
+    """Another version does not hold the sequence either."""
 
 
 @dataclass
@@ -116,6 +121,8 @@ class DataPlane:
     active: int = field(default=0, init=False)  # requests admitted on this version, not yet answered
     retired: bool = field(default=False, init=False)
     drained: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    # the model's versions that serve, newest first (the registry sets it)
+    family: Callable[[], list[DataPlane]] = field(default=lambda: [], init=False, repr=False)
     # which versions of this model this one replaced, and when: said in a sequence's error until replaced_until
     replaced: str = field(default="", init=False)
     replaced_until: float = field(default=0.0, init=False)
@@ -130,8 +137,9 @@ class DataPlane:
         if not self.active:
             self.drained.set()
 
-    async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]]) -> A:
-        """Admit, then read, decode, infer and encode within the deadline."""
+    async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]], pinned: bool = False) -> A:
+        """Admit, then read, decode, infer and encode within the deadline. ``pinned``: the request named this
+        version (else a chunk of a server-held sequence goes on with the version of its model it started on)."""
         self.admission.enter()
         self.active += 1
         size, start = 0, time.perf_counter()
@@ -145,7 +153,7 @@ class DataPlane:
                 else:
                     call = await run_in_threadpool(codec.decode, body, spec, self.limits)
                 if call.sequence is not None:
-                    outcome = await self._in_sequence(call)
+                    outcome, spec = await self._in_sequence(call, pinned)
                 else:
                     outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
                 return codec.encode(call, outcome, spec)
@@ -167,19 +175,46 @@ class DataPlane:
             if size > memory.LARGE_BODY_BYTES:
                 memory.trim()
 
-    async def _in_sequence(self, call: Call[Any]) -> Outcome:
+    async def _in_sequence(self, call: Call[Any], pinned: bool) -> tuple[Outcome, ModelSpec]:
+        """The chunk on the version of the model its sequence started on: this one, or (unless ``pinned``)
+        another that still serves; the outcome, and the model version that ran it."""
         assert call.sequence is not None
         if self.sequences is None:
             msg = "This server holds no sequences: send h0 and c0 with each chunk instead"
             raise InvalidInput([error(call.sequence.loc, msg, "unsupported")])
         try:
-            return await self.sequences.run(call, self.engine.spec, self.infer)
+            return await self.sequences.run(call, self.engine.spec, self.infer), self.engine.spec
         except InvalidInput as e:
-            hint = self.replaced and time.monotonic() < self.replaced_until
-            if hint and e.errors and e.errors[0]["type"] == "sequence_unknown":
-                # A sequence stays with the version it started on: that version's sequences ended with it.
+            if not (e.errors and e.errors[0]["type"] == "sequence_unknown"):
+                raise
+            if not pinned and not call.sequence.start:
+                for other in self.family():  # started before this version became the model's default
+                    if (
+                        other is not self
+                        and not other.retired
+                        and other.engine.spec.graph() == self.engine.spec.graph()
+                    ):
+                        with contextlib.suppress(_Unknown):
+                            return await other._continue(call)
+            if self.replaced and time.monotonic() < self.replaced_until:
+                # A sequence stays with the weights it started on: those weights' sequences ended with them.
                 e.errors[0]["msg"] += f" (a sequence started on {self.replaced} ended with it)"
             raise
+
+    async def _continue(self, call: Call[Any]) -> tuple[Outcome, ModelSpec]:
+        """A chunk of a sequence this version may hold (``_Unknown`` if it does not), counted as its own work."""
+        assert self.sequences is not None
+        self.active += 1
+        try:
+            return await self.sequences.run(call, self.engine.spec, self.infer), self.engine.spec
+        except InvalidInput as e:
+            if e.errors and e.errors[0]["type"] == "sequence_unknown":
+                raise _Unknown from None
+            raise
+        finally:
+            self.active -= 1
+            if self.retired and not self.active:
+                self.drained.set()
 
     def _idle(self) -> bool:
         return self.admission.admitted == 1 and (self.batcher is None or self.batcher.depth == 0)

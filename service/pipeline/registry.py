@@ -168,6 +168,9 @@ class Registry:
         }
         if name == self.default[0] and self.pinned is None and change.planes:
             self.default = (name, max(change.planes, key=int))
+        family = [change.planes[v] for v in sorted(change.planes, key=int, reverse=True)]
+        for plane in change.planes.values():
+            plane.family = lambda family=family: family  # type: ignore[misc]
         for plane in retired:
             self._retire(plane)
         for version in change.fresh:  # after the retired ones: a version loaded again is the same series

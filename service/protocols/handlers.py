@@ -22,7 +22,7 @@ async def serve_rest(
     """``/predict`` (``name`` None: the default model) and ``/v1/models/{name}[/versions/{version}]/predict``."""
     try:
         plane = registry.default_plane if name is None else registry.get(name, version)
-        answer = await plane.serve(rest.CODEC, body_reader(scope, receive, plane.limits))
+        answer = await plane.serve(rest.CODEC, body_reader(scope, receive, plane.limits), pinned=version is not None)
     except ServiceError as exc:
         return rest_error(exc)
     return 200, answer, {}, JSON
@@ -38,7 +38,8 @@ async def serve_oip(registry: Registry, name: str, version: str | None, scope: S
     try:
         plane = registry.get(name, version)
         codec = oip.OipCodec(header_length(scope))
-        answer, answer_header = await plane.serve(codec, body_reader(scope, receive, plane.limits))
+        reader = body_reader(scope, receive, plane.limits)
+        answer, answer_header = await plane.serve(codec, reader, pinned=version is not None)
     except ServiceError as exc:
         return oip_error(exc)
     if answer_header is None:
