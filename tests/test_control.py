@@ -657,7 +657,7 @@ def test_workers_follow_each_others_loads_through_the_journal(
             assert two.registry.names() == ["tiny"]
         await two.stop()  # a worker that stops following: the answer says so, once its wait is over
         one.wait_s = 0.3
-        with pytest.raises(LoadFailed, match="1 of the server's other workers had not applied it after 0.3 s"):
+        with pytest.raises(LoadFailed, match=r"1 of the server's other workers had not applied it after 0\.3 s"):
             await one.load("other")
         for control in (one, two):
             await control.registry.close()
