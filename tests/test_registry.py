@@ -70,3 +70,26 @@ def test_unknown_model_or_version_is_404(settings: Settings, multi: Path) -> Non
         # validation still applies on the named routes
         r = c.post("/v1/models/other/predict", json={"inputs": [[[1, 2]]]})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs", 0, 0]
+
+
+def test_unversioned_routes_serve_the_highest_exact_version_and_int8_when_named(
+    settings: Settings, repo: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """tiny/1 float32 and tiny/2 int8: /predict and the unversioned routes keep to version 1 (an int8 version's
+    answers move with what its call holds, so a stream in chunks would not be one whole call); version 2 serves
+    when named, or when pinned; a model whose versions are all int8 serves its highest."""
+    root = tmp_path / "models"
+    shutil.copytree(repo / "tiny", root / "tiny")
+    export(tiny_run / "checkpoint.pt", root, "tiny", 2, quantize="int8")
+    shutil.copytree(root / "tiny" / "2", root / "small" / "5")
+    with app_client(settings, model_repository=root, model_name="tiny") as c:
+        assert c.get("/model").json()["version"] == "1"
+        assert c.post("/predict", json=BODY).json()["model"]["version"] == "1"
+        assert c.post("/v1/models/tiny/predict", json=BODY).json()["model"]["version"] == "1"
+        assert c.post("/v1/models/tiny/versions/2/predict", json=BODY).json()["model"]["version"] == "2"
+        assert c.post("/v1/models/small/predict", json=BODY).json()["model"]["version"] == "5"
+        listed = {m["name"]: m["serving_version"] for m in c.get("/v1/models").json()["models"]}
+        assert listed == {"tiny": "1", "small": "5"}
+        assert not np.allclose(outputs(c, "/v1/models/tiny/versions/2/predict"), outputs(c, "/predict"), atol=1e-5)
+    with app_client(settings, model_repository=root, model_name="tiny", model_version=2) as c:
+        assert c.post("/predict", json=BODY).json()["model"]["version"] == "2"

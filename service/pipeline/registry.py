@@ -167,7 +167,7 @@ class Registry:
             (name, v): w for v, w in change.unavailable.items()
         }
         if name == self.default[0] and self.pinned is None and change.planes:
-            self.default = (name, max(change.planes, key=int))
+            self.default = (name, preferred(change.planes))
         family = [change.planes[v] for v in sorted(change.planes, key=int, reverse=True)]
         for plane in change.planes.values():
             plane.family = lambda family=family: family  # type: ignore[misc]
@@ -245,6 +245,9 @@ class Registry:
             raise UnknownModel(f"No model {name!r}; models: {', '.join(self.names())}")
         return found
 
+    def _planes_of(self, name: str) -> dict[str, DataPlane]:
+        return {v: p for (n, v), p in self.planes.items() if n == name}
+
     def names(self) -> list[str]:
         return sorted({n for n, _ in self.planes})
 
@@ -257,10 +260,19 @@ class Registry:
         """A model's request path: the pinned version for the default model, else the latest, unless asked."""
         versions = self.versions(name)
         if version is None:
-            version = self.default[1] if name == self.default[0] else versions[-1]
+            version = self.default[1] if name == self.default[0] else preferred(self._planes_of(name))
         if (name, version) not in self.planes:
             raise UnknownModel(f"Model {name!r} has no version {version}; versions: {', '.join(versions)}")
         return self.planes[(name, version)]
+
+
+def preferred(planes: dict[str, DataPlane]) -> str:
+    """The version a model's unversioned routes serve: its highest that answers exactly. An int8 version serves
+    only when named (or pinned by LSTM_MODEL_VERSION): its activations are quantized with a scale made per
+    ONNX Runtime call, so its answers move with what else the call holds (other sequences, a chunk's length)
+    and a stream sent in chunks is not one whole call."""
+    exact = [v for v, p in planes.items() if p.engine.spec.metadata.get("precision") != "int8"]
+    return max(exact or planes, key=int)
 
 
 def of(state: Any) -> Registry:
