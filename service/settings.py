@@ -35,7 +35,9 @@ class Settings(BaseSettings):
         "model in it is served, in the versions its `version_policy` names (Triton's rule; none: the latest).",
     )
     model_name: str | None = _doc(None, "The default model, behind `/predict` and `/model`.", "the only model")
-    model_version: int | None = _doc(None, "The default model's version.", "the highest serving", ge=1)
+    model_version: int | None = _doc(
+        None, "The default model's version.", "the highest serving that is not int8 (docs/model.md)", ge=1
+    )
     model_control: Literal["none", "poll", "explicit"] = _doc(
         "none",
         "Model changes while serving, as Triton's `--model-control-mode`: `none`, the models loaded at start serve "

@@ -25,7 +25,7 @@ from service.model.contract import MODEL_FILE
 from service.model.errors import ModelLoadError
 from service.pipeline import memory
 from service.pipeline.control import ModelControl
-from service.pipeline.errors import LoadFailed, UnknownModel
+from service.pipeline.errors import ControlIncomplete, LoadFailed, UnknownModel
 from service.pipeline.journal import Journal
 from service.pipeline.registry import Registry
 from service.protocols import rest
@@ -657,7 +657,9 @@ def test_workers_follow_each_others_loads_through_the_journal(
             assert two.registry.names() == ["tiny"]
         await two.stop()  # a worker that stops following: the answer says so, once its wait is over
         one.wait_s = 0.3
-        with pytest.raises(LoadFailed, match=r"1 of the server's other workers had not applied it after 0\.3 s"):
+        with pytest.raises(
+            ControlIncomplete, match=r"not every other worker of the server had applied it after 0\.3 s"
+        ):
             await one.load("other")
         for control in (one, two):
             await control.registry.close()
@@ -694,3 +696,50 @@ def test_a_sequence_goes_on_with_the_version_it_started_on_while_that_serves(
             },
         )
         assert r.status_code == 200 and r.json()["model_version"] == "1"
+
+
+def test_a_journal_deleted_during_a_load_still_reaches_every_worker(
+    settings: Settings, builds: Path, models: Path, tmp_path: Path
+) -> None:
+    """The journal deleted after the answering worker wrote the load, before the other looked: the other makes a
+    new, empty journal when it looks; the answering worker writes its load (and what else it applied) there
+    again, and answers once the other serves it. A journal that cannot be written is a 503 that says so."""
+    s = settings.model_copy(update={"model_repository": models, "model_name": "tiny", "model_control": "explicit"})
+    journal = Journal(tmp_path / "journal.json")
+    one, two = (
+        ModelControl(Registry.load(s), "explicit", 1.0, journal, wait_s=10, pid=pid, workers=2)
+        for pid in (os.getpid(), os.getppid())
+    )
+
+    async def scenario() -> None:
+        for control in (one, two):
+            control.registry.start()
+        await two.follow()  # joined
+        add(builds, models, 2)
+        loading = asyncio.create_task(one.load("tiny"))
+        while "tiny" not in journal.read().models:
+            await asyncio.sleep(0.01)
+        journal.path.unlink()
+        while not loading.done():
+            await two.follow()
+            await asyncio.sleep(0.05)
+        await loading
+        assert two.registry.default == ("tiny", "2")
+        # an unload, then the journal deleted while nothing happens: the next change carries the unload along
+        task = asyncio.create_task(one.unload("other"))
+        while not task.done():
+            await two.follow()
+            await asyncio.sleep(0.05)
+        await task
+        assert two.registry.names() == ["tiny"]
+        journal.path.unlink()
+        await two.follow()  # a new, empty journal, joined by two with what it applied (other: unloaded)
+        assert journal.read().models == {"other": (1, "unload"), "tiny": (2, "load")}  # sorted by name
+        journal.path.unlink()
+        journal.path.mkdir()  # not a file any more
+        with pytest.raises(ControlIncomplete, match="control journal cannot be written"):
+            await one.load("tiny")
+        for control in (one, two):
+            await control.registry.close()
+
+    asyncio.run(scenario())

@@ -22,6 +22,7 @@ CASES: list[tuple[errors.ServiceError, int, int, int]] = [  # error, REST status
     (errors.ModelControlOff("none"), 400, 400, 1008),
     (errors.LoadFailed("corrupt"), 400, 400, 1008),
     (errors.ModelInUse("default"), 409, 409, 1008),
+    (errors.ControlIncomplete("behind"), 503, 503, 1013),
 ]
 
 

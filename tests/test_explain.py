@@ -66,7 +66,7 @@ def test_chunked_stream_explains_like_one_call(client: TestClient, weather: np.n
 def test_reference_matches_pytorch_gate_by_gate(tiny_run: Path, repo: Path, weather: np.ndarray) -> None:
     """PyTorch orders its gate rows i, f, g, o and ONNX i, o, f, c: recompute each gate from PyTorch's weights."""
     model, _ = load_checkpoint(tiny_run / "checkpoint.pt")
-    ex = Explainer.from_onnx(repo / "tiny" / "1" / "model.onnx")
+    ex = Explainer.from_onnx((repo / "tiny" / "1" / "model.onnx").read_bytes())
     x = weather[:30]
     zeros = np.zeros((2, 8), dtype=np.float32)
     got = ex.explain(x, zeros, zeros)
@@ -112,7 +112,7 @@ def test_a_graph_it_cannot_read_is_refused(tmp_path: Path) -> None:
     )
     onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
     with pytest.raises(ExplainUnavailable):
-        Explainer.from_onnx(tmp_path / "m.onnx")
+        Explainer.from_onnx((tmp_path / "m.onnx").read_bytes())
 
 
 def test_cli_draws_the_gates_of_a_model(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

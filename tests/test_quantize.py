@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from service.model.contract import METADATA_FILE, MODEL_CARD_FILE, MODEL_FILE
 from service.model.engine import Engine
 from training import quantize
 from training.__main__ import main
-from training.export import export, load_checkpoint, to_onnx
+from training.export import ExportError, export, load_checkpoint, to_onnx
 
-from .conftest import windows
+from .conftest import ROOT, windows
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,43 @@ def test_a_float_export_writes_its_card_too(repo: Path) -> None:
     card = (repo / "tiny" / "1" / MODEL_CARD_FILE).read_text()
     assert "weights in float32" in card and "## int8" not in card
     assert f"{meta['metrics']['test']['model']['mae']:.4f}" in card
+
+
+def test_the_gate_refuses_data_that_is_not_what_training_scored(tiny_run: Path, tmp_path: Path) -> None:
+    """Run from elsewhere, or with the CSV changed since training: the float32 error no longer matches training's
+    test score, so the comparison would be of nothing; refused."""
+    _, ckpt = load_checkpoint(tiny_run / "checkpoint.pt")
+    float_bytes = to_onnx(load_checkpoint(tiny_run / "checkpoint.pt")[0])
+    moved = tmp_path / "data.csv"
+    rows = (ROOT / "data" / "seattle-weather.csv").read_text().splitlines()
+    moved.write_text("\n".join(rows[:-30]) + "\n")  # the last 30 held-out rows gone
+    ckpt["config"]["train"]["data"] = str(moved)
+    with pytest.raises(quantize.AccuracyGateError, match="not the data it was trained on"):
+        quantize.gate(float_bytes, float_bytes, ckpt)
+
+
+def test_export_refuses_a_name_that_is_not_one_folder(tiny_run: Path, tmp_path: Path) -> None:
+    for name in ("../escape", "a/b", "", ".hidden", "x" * 200):
+        with pytest.raises(ExportError, match="not a model folder name"):
+            export(tiny_run / "checkpoint.pt", tmp_path / "repo", name, 1)
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "repo").exists()
+
+
+def test_per_channel_int8_weights_explain_too(
+    int8: Path, tiny_run: Path, tmp_path: Path, weather: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Scales per gate row ([1, 4H]) as well as per tensor: the explanation's last states are ONNX Runtime's."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path / "pc" / "1"
+    shutil.copytree(int8, folder)
+    source = tmp_path / "float.onnx"
+    source.write_bytes(to_onnx(load_checkpoint(tiny_run / "checkpoint.pt")[0]))
+    quantize_dynamic(source, folder / MODEL_FILE, per_channel=True, weight_type=QuantType.QInt8)
+    scales = [i for i in onnx.load(str(folder / MODEL_FILE)).graph.initializer if i.name.endswith("_scale")]
+    assert any(list(s.dims) == [1, 32] for s in scales)  # per gate row: 4 gates x 8 units
+    engine = Engine.load(folder, "cpu")
+    batch = Batch(windows(weather, [40], rng), *engine.spec.zero_states(1))
+    (mine,), (ran,) = engine.explain(batch), engine.predict(batch)
+    np.testing.assert_allclose(mine["hidden"][:, -1], ran.hn, atol=0.01)
+    np.testing.assert_allclose(mine["cell"][:, -1], ran.cn, atol=0.02)

@@ -10,7 +10,7 @@ from typing import Any
 
 from service.model.contract import CONFIG_FILE, METADATA_FILE, MODEL_CARD_FILE, MODEL_FILE
 
-from .quantize import MAX_MAE_GROWTH
+from .quantize import CHOICES, MAX_MAE_GROWTH
 from .train import TrainConfig
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--version", type=int, default=1, help="model version, a positive integer (default: 1)")
     p_export.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=CHOICES,
         default=None,
         help="write int8 weights (ONNX Runtime's dynamic quantization), if the held-out MAE grows by at most "
         f"{MAX_MAE_GROWTH:g}",

@@ -23,7 +23,7 @@ def explain_csv(model_dir: Path, data: str | Path) -> tuple[dict[str, Any], np.n
     """The model's metadata, the CSV's feature rows and the explanation of all of them, streamed from row 0."""
     meta = json.loads((model_dir / METADATA_FILE).read_text())
     series = load_csv(data, meta["feature_names"], meta["target_names"])
-    explainer = Explainer.from_onnx(model_dir / MODEL_FILE)
+    explainer = Explainer.from_onnx((model_dir / MODEL_FILE).read_bytes())
     zeros = np.zeros((len(explainer.layers), explainer.hidden_size), dtype=np.float32)
     return meta, series.features, explainer.explain(series.features, zeros, zeros)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,9 +24,10 @@ import torch
 from service.model.contract import CONFIG_FILE, INPUTS, METADATA_FILE, MODEL_CARD_FILE, MODEL_FILE, OUTPUTS, tensors
 
 from .model import LSTMForecaster, ModelConfig
-from .quantize import gate, to_int8
+from .quantize import CHOICES, gate, to_int8
 
 OPSET = 17
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one folder of the repository, as Triton names models
 MAX_ABS_DIFF = 1e-5
 # (batch, steps, lengths or None for all full): single steps, long streams, padded mixed batches
 PARITY_CASES: list[tuple[int, int, list[int] | None]] = [
@@ -165,6 +167,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def model_card(meta: dict[str, Any]) -> str:
     """The version's model card (Markdown), from its metadata: what it does, on what data, how well."""
     m = meta["metrics"]
+    source = " it was quantized from" if meta.get("quantization") else ""
     lines = [
         f"# {meta['name']}, version {meta['version']}",
         "",
@@ -172,7 +175,8 @@ def model_card(meta: dict[str, Any]) -> str:
         f"- Inputs per step: {', '.join(meta['feature_names'])}; outputs per step: {', '.join(meta['target_names'])}.",
         f"- LSTM: {meta['num_layers']} layers of {meta['hidden_size']} units; weights in {meta['precision']}.",
         f"- Trained on `{meta['training']['data']}` (seed {meta['training']['seed']}), split by time.",
-        f"- ONNX opset {meta['opset']}; the float32 graph matches PyTorch within {meta['parity_max_abs_diff']:.2g}.",
+        f"- ONNX opset {meta['opset']}; the float32 graph{source} matches PyTorch within "
+        f"{meta['parity_max_abs_diff']:.2g} (outputs in normalised units, states as they are).",
     ]
     if m:
         lines += [
@@ -208,8 +212,10 @@ def export(
 ) -> Path:
     """Write <repository>/<name>/<version>/{model.onnx,metadata.json,model_card.md}; returns that folder.
     ``quantize="int8"``: the int8 graph (``training.quantize``), if it passes the accuracy gate."""
-    if quantize not in (None, "int8"):
-        raise ExportError(f"quantize: {quantize!r} is not a choice (int8)")
+    if quantize is not None and quantize not in CHOICES:
+        raise ExportError(f"quantize: {quantize!r} is not a choice ({', '.join(CHOICES)})")
+    if not NAME.fullmatch(name):
+        raise ExportError(f"name: {name!r} is not a model folder name (letters, digits, '.', '_', '-')")
     model, ckpt = load_checkpoint(checkpoint)
     onnx_bytes = to_onnx(model)
     diff = parity(model, onnx_bytes)
@@ -219,7 +225,7 @@ def export(
     meta["precision"] = quantize or "float32"
     if quantize == "int8":
         int8 = to_int8(onnx_bytes)
-        meta["quantization"] = gate(onnx_bytes, int8, ckpt["config"]["train"])  # raises: nothing written
+        meta["quantization"] = gate(onnx_bytes, int8, ckpt)  # raises: nothing written
         onnx_bytes = int8
     folder = Path(repository) / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)

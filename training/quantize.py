@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from service.model.contract import INPUTS, OUTPUTS
@@ -21,6 +22,7 @@ from service.model.contract import INPUTS, OUTPUTS
 from .data import Series, load_csv, split_by_time
 
 MAX_MAE_GROWTH = 0.05  # in the target's units
+CHOICES = ("int8",)  # what ``export --quantize`` takes
 METHOD = "onnxruntime dynamic quantization: int8 weights (LSTM, MatMul), activations quantized per call"
 QUANTIZED_OPS = ["LSTM", "MatMul", "Gemm"]
 
@@ -43,7 +45,11 @@ def to_int8(onnx_bytes: bytes) -> bytes:
             quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
         finally:
             quiet.setLevel(level)
-        return target.read_bytes()
+        graph = target.read_bytes()
+    ops = {node.op_type for node in onnx.load_from_string(graph).graph.node}
+    if "DynamicQuantizeLSTM" not in ops or "LSTM" in ops:
+        raise AccuracyGateError("the quantizer left the LSTM in float32; nothing written")
+    return graph
 
 
 def held_out(train_cfg: dict[str, Any]) -> tuple[Series, int]:
@@ -66,10 +72,18 @@ def held_out_mae(onnx_bytes: bytes, series: Series, start: int) -> list[float]:
     return [float(v) for v in np.abs(y[rows - 1] - series.targets[rows]).mean(axis=0)]
 
 
-def gate(float_bytes: bytes, int8_bytes: bytes, train_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Both held-out errors, or AccuracyGateError if int8 makes any target's grow by more than MAX_MAE_GROWTH."""
-    series, start = held_out(train_cfg)
+def gate(float_bytes: bytes, int8_bytes: bytes, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Both held-out errors, or AccuracyGateError if int8 makes any target's grow by more than MAX_MAE_GROWTH (or
+    if the data read now is not what training scored: its float32 error must be training's test error)."""
+    series, start = held_out(ckpt["config"]["train"])
     before, after = held_out_mae(float_bytes, series, start), held_out_mae(int8_bytes, series, start)
+    trained = ckpt.get("metrics", {}).get("test", {}).get("model", {}).get("mae")
+    if trained is not None and abs(float(np.mean(before)) - trained) > 1e-3:  # training pools the targets
+        raise AccuracyGateError(
+            f"the held-out data read from {ckpt['config']['train']['data']} gives float32 an MAE of "
+            f"{float(np.mean(before)):.4f}, but training scored {trained:.4f}: not the data it was trained on "
+            "(run from the folder training ran in); nothing written"
+        )
     growth = max(a - b for a, b in zip(after, before, strict=True))
     record = {
         "method": METHOD,

@@ -18,7 +18,7 @@ from ..settings import Settings
 from . import schedule
 from .batch import Batch, SequenceResult
 from .contract import INPUTS, METADATA_FILE, MODEL_FILE, OUTPUTS, ModelSpec
-from .errors import ModelLoadError
+from .errors import ExplainUnavailable, ModelLoadError
 from .explain import Explainer
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,10 @@ def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession, rev
     return spec
 
 
+def _digest(graph: bytes) -> str:
+    return hashlib.sha256(graph).hexdigest()[:16]
+
+
 def _preload_cuda_wheels() -> None:
     """Make the CUDA and cuDNN libraries of the nvidia-* wheels (onnxruntime-gpu's pip extras) loadable."""
     if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
@@ -159,9 +163,9 @@ class Engine:
         if want_cuda:
             _preload_cuda_wheels()
         try:
-            session = ort.InferenceSession(
-                str(model_path), _session_options(intra_op_threads, inter_op_threads), providers=providers
-            )
+            revision = _digest(model_path.read_bytes())
+            options = _session_options(intra_op_threads, inter_op_threads)
+            session = ort.InferenceSession(str(model_path), options, providers=providers)  # external data works
         except Exception as e:  # ONNX Runtime raises its own exception types for corrupt or unreadable files
             raise ModelLoadError(f"{model_path} cannot be loaded by ONNX Runtime: {e}") from None
         actual = session.get_providers()
@@ -172,7 +176,8 @@ class Engine:
             )
         if want_cuda and actual[0] != CUDA:
             log.warning("CUDA is not usable here; ONNX Runtime fell back to %s", actual[0])
-        revision = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
+        if _digest(model_path.read_bytes()) != revision:  # the revision must name the bytes the session holds
+            raise ModelLoadError(f"{model_path} changed while it was loading: load it again")
         engine = cls(_spec(folder, meta, session, revision), session, folder, chunk_steps, call_max_steps)
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine
@@ -222,7 +227,10 @@ class Engine:
         """Per sequence: gates, candidates and states [L, T_i, H] from the numpy reference (slow path)."""
         with self._explainer_lock:
             if self._explainer is None:
-                self._explainer = Explainer.from_onnx(self.folder / MODEL_FILE)
+                graph = (self.folder / MODEL_FILE).read_bytes()
+                if _digest(graph) != self.spec.revision:  # never gates from weights other than those that run
+                    raise ExplainUnavailable("its file changed on disk since it was loaded: load it again")
+                self._explainer = Explainer.from_onnx(graph)
         explainer = self._explainer
         return [explainer.explain(x, batch.h0[:, i], batch.c0[:, i]) for i, x in enumerate(batch.x)]
 

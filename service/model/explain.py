@@ -15,7 +15,6 @@ explanation, and a normal request never touches it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,12 +59,12 @@ class Explainer:
         return int(self.layers[0].r.shape[1])
 
     @classmethod
-    def from_onnx(cls, path: Path) -> Explainer:
+    def from_onnx(cls, graph_bytes: bytes) -> Explainer:
         """Read the normalisation and the LSTM nodes' W, R, B from the ONNX graph."""
         import onnx
         from onnx import numpy_helper
 
-        graph = onnx.load(str(path)).graph
+        graph = onnx.load_from_string(graph_bytes).graph
         values: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         for node in graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -89,6 +88,8 @@ class Explainer:
             bias = values[node.input[3]][0] if len(node.input) > 3 and node.input[3] else np.zeros(8 * hidden)
             if node.op_type == "LSTM":
                 w, r = values[node.input[1]][0], values[node.input[2]][0]
+            elif len(node.input) < 12:
+                raise ExplainUnavailable(f"quantized LSTM node {node.name!r} without its weights' scales")
             else:  # int8 weights: the values they stand for (the activations' own rounding is not modelled)
                 # inputs: X, W, R, B, lengths, h0, c0, P, then W's scale and zero point, then R's
                 w, r = (_dequantized(values, node.input[k], node.input[s : s + 2]) for k, s in ((1, 8), (2, 10)))

@@ -29,7 +29,7 @@ from .. import metrics
 from ..model import repository
 from ..model.errors import ModelLoadError
 from ..settings import CONTROL_JOURNAL_ENV, Settings
-from .errors import LoadFailed, ModelControlOff, ModelInUse, NotReady, UnknownModel
+from .errors import ControlIncomplete, LoadFailed, ModelControlOff, ModelInUse, NotReady, UnknownModel
 from .journal import Journal, alive
 from .registry import Change, Registry
 
@@ -63,6 +63,7 @@ class ModelControl:
         self._epoch = ""
         self._seen: dict[str, int] = {}
         self._failed: dict[str, tuple[int, str]] = {}
+        self._applied: dict[str, str] = {}  # the last change ("load", "unload") of each model applied here
 
     @classmethod
     def create(cls, s: Settings) -> ModelControl:
@@ -90,11 +91,15 @@ class ModelControl:
 
     async def _every(self, seconds: float, step: Any, first: float | None = None) -> None:
         await asyncio.sleep(seconds if first is None else first)
+        failing = ""  # the same failure, look after look, is logged once
         while True:
             try:
                 await step()
-            except Exception:  # a look that failed is tried again next time; the loop never ends on it
-                log.exception("model control: %s failed", step.__name__)
+                failing = ""
+            except Exception as e:  # a look that failed is tried again next time; the loop never ends on it
+                if repr(e) != failing:
+                    log.exception("model control: %s failed", step.__name__)
+                failing = repr(e)
             await asyncio.sleep(seconds)
 
     # -- on request (explicit) --
@@ -116,7 +121,7 @@ class ModelControl:
             change = await self._load(name)
             recorded = await self._record(name, "load")
         if recorded is not None:
-            await self._others(name, *recorded)
+            await self._others(name, "load", *recorded)
         return change
 
     async def unload(self, name: str) -> None:
@@ -128,52 +133,65 @@ class ModelControl:
             await self._unload(name)
             recorded = await self._record(name, "unload")
         if recorded is not None:
-            await self._others(name, *recorded)
+            await self._others(name, "unload", *recorded)
 
     async def _record(self, name: str, action: str) -> tuple[str, int] | None:
         """Write the change this worker applied to the journal; its epoch and number (None: one worker)."""
+        self._applied[name] = action
         if self.journal is None:
             return None
-        state = await run_in_threadpool(self.journal.record, name, action)
-        if state.epoch != self._epoch:  # a new journal: nothing in it applied yet but this change
-            self._epoch, self._seen = state.epoch, {}
+        try:
+            state = await run_in_threadpool(self.journal.record, name, action, dict(self._applied))
+        except OSError as e:
+            log.error("model %s: the control journal %s cannot be written: %s", name, self.journal.path, e)
+            raise ControlIncomplete(
+                f"model {name!r}: this worker applied the {action}, but the server's control journal cannot be "
+                f"written ({e.strerror or e}), so its other workers have not; fix it and send the {action} again"
+            ) from None
+        if state.epoch != self._epoch:  # a new journal: its other changes are applied at the next look (no-ops
+            self._epoch, self._seen = state.epoch, {}  # where this worker carried them in itself)
         self._seen[name] = state.last
         return state.epoch, state.last
 
-    async def _others(self, name: str, epoch: str, number: int) -> None:
-        """Wait until every other worker has applied change ``number``; LoadFailed naming those that failed."""
+    async def _others(self, name: str, action: str, epoch: str, number: int) -> None:
+        """Wait until every other worker has applied change ``number``; LoadFailed naming those that failed. A
+        journal made anew meanwhile (deleted, damaged) gets the change again, and the wait goes on there."""
         assert self.journal is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while True:
             state = await run_in_threadpool(self.journal.read)
-            if state.epoch != epoch:  # the journal was made anew meanwhile: the workers apply it from the start
-                log.warning("model %s: the control journal was replaced; the workers apply it again", name)
-                return
-            others = {pid: a for pid, a in state.workers.items() if pid != self.pid and alive(pid)}
-            failed = {pid: a.failed[name][1] for pid, a in others.items() if a.failed.get(name, (0, ""))[0] == number}
-            if failed:
-                pid, why = next(iter(failed.items()))
-                raise LoadFailed(
-                    f"model {name!r} serves on this worker, but {len(failed)} of the server's other workers could "
-                    f"not load it (worker {pid}: {why}); fix the files and load it again"
-                )
-            done = sum(1 for a in others.values() if a.seen >= number)  # a worker not in the journal yet: not done
-            if done >= self.workers - 1:
-                return
+            if state.epoch == epoch:
+                others = {pid: a for pid, a in state.workers.items() if pid != self.pid and alive(pid)}
+                failed = {p: a.failed[name][1] for p, a in others.items() if a.failed.get(name, (0, ""))[0] == number}
+                if failed:
+                    pid, why = next(iter(failed.items()))
+                    raise LoadFailed(
+                        f"model {name!r}: the {action} applies on this worker, but {len(failed)} of the server's other "
+                        f"workers could not apply it (worker {pid}: {why}); fix the files and send the {action} again"
+                    )
+                done = sum(1 for a in others.values() if a.seen >= number)  # a worker not in the journal: not done
+                if done >= self.workers - 1:
+                    return
             if loop.time() > deadline:
-                raise LoadFailed(
-                    f"model {name!r} serves on this worker; {self.workers - 1 - done} of the server's other workers "
-                    f"had not applied it after {self.wait_s:g} s"
+                raise ControlIncomplete(
+                    f"model {name!r}: the {action} applies on this worker; not every other worker of the server had "
+                    f"applied it after {self.wait_s:g} s"
                 )
+            if state.epoch != epoch:  # made anew meanwhile (deleted, damaged): the change goes in again
+                log.warning("model %s: the control journal was made anew; writing the %s again", name, action)
+                async with self._lock:
+                    recorded = await self._record(name, action)
+                assert recorded is not None
+                epoch, number = recorded
             await asyncio.sleep(FOLLOW_S / 10)
 
     async def follow(self) -> None:
         """Apply the changes other workers made on request (explicit, several workers), and say so."""
         assert self.journal is not None
         state = await run_in_threadpool(self.journal.read)
-        if self.pid not in state.workers:  # this worker's first look, or a new journal: it joins
-            state = await run_in_threadpool(self.journal.join, self.pid)
+        if self.pid not in state.workers or not self._epoch:  # its first look (a pid may be a dead one's), or a new
+            state = await run_in_threadpool(self.journal.join, self.pid, dict(self._applied))  # journal: it joins
         async with self._lock:
             fresh = state.epoch != self._epoch
             if fresh:  # a new journal (or this worker's first look): every change in it applies
@@ -184,8 +202,12 @@ class ModelControl:
                 try:
                     await (self._load(name) if action == "load" else self._unload(name))
                     self._failed.pop(name, None)
+                    self._applied[name] = action
                 except (LoadFailed, ModelInUse, UnknownModel) as e:  # logged where it failed; said in the ack
                     self._failed[name] = (n, str(e))
+                except Exception as e:  # anything else (a folder gone meanwhile): said in the ack all the same
+                    log.exception("model %s: the %s from the journal failed", name, action)
+                    self._failed[name] = (n, repr(e))
         mine = state.workers.get(self.pid)
         if fresh or changes or mine is None or mine.seen < state.last:
             await run_in_threadpool(self.journal.ack, self.pid, state.epoch, state.last, dict(self._failed))

@@ -122,7 +122,7 @@ class DataPlane:
     retired: bool = field(default=False, init=False)
     drained: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     # the model's versions that serve, newest first (the registry sets it)
-    family: Callable[[], list[DataPlane]] = field(default=lambda: [], init=False, repr=False)
+    family: list[DataPlane] = field(default_factory=list, init=False, repr=False)
     # which versions of this model this one replaced, and when: said in a sequence's error until replaced_until
     replaced: str = field(default="", init=False)
     replaced_until: float = field(default=0.0, init=False)
@@ -142,7 +142,7 @@ class DataPlane:
         version (else a chunk of a server-held sequence goes on with the version of its model it started on)."""
         self.admission.enter()
         self.active += 1
-        size, start = 0, time.perf_counter()
+        size, start, answered = 0, time.perf_counter(), False
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read()
@@ -156,13 +156,13 @@ class DataPlane:
                     outcome, spec = await self._in_sequence(call, pinned)
                 else:
                     outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
-                return codec.encode(call, outcome, spec)
+                answer = codec.encode(call, outcome, spec)
+                answered = True
+                return answer
         except TimeoutError:
-            self._served[0].inc()
             metrics.REJECTED.labels("deadline").inc()
             raise DeadlineExceeded(f"The request took longer than its {self.timeout_s:g} s deadline") from None
         except ServiceError as e:
-            self._served[0].inc()
             # A client's error needs no stack; dropping it frees the decoder's frames, and what they held
             # (the parsed body), now rather than at the next garbage collection.
             raise e.with_traceback(None) from None
@@ -171,6 +171,8 @@ class DataPlane:
             self.active -= 1
             if self.retired and not self.active:
                 self.drained.set()
+            if not answered:
+                self._served[0].inc()
             self._served[1].observe(time.perf_counter() - start)
             if size > memory.LARGE_BODY_BYTES:
                 memory.trim()
@@ -188,7 +190,7 @@ class DataPlane:
             if not (e.errors and e.errors[0]["type"] == "sequence_unknown"):
                 raise
             if not pinned and not call.sequence.start:
-                for other in self.family():  # started before this version became the model's default
+                for other in self.family:  # started before this version became the model's default
                     if (
                         other is not self
                         and not other.retired

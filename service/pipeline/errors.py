@@ -119,6 +119,13 @@ class LoadFailed(ServiceError):
     status = 400
 
 
+class ControlIncomplete(ServiceError):
+    """A load or unload reached this worker, but not (yet) every worker of the server: the journal they share
+    cannot be written, or a worker did not apply it in time."""
+
+    status = 503
+
+
 class ModelInUse(ServiceError):
     """An unload the documented rule refuses (the default model)."""
 

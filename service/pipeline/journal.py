@@ -5,10 +5,12 @@ acknowledgement of them (``service.pipeline.control`` writes and follows it).
      "models": {"name": [7, "load"]},                          the last change of each model, numbered
      "workers": {"4242": {"seen": 7, "failed": {"name": [7, "why"]}}}}
 
-``epoch`` is made with the file: numbers start again in a new one (the file was deleted or damaged), and a worker
-that sees a new epoch applies every change in it again. ``workers`` says, for each worker, the last number it has
-applied and the loads that failed there, so that the worker that answered a load can tell when every other
-worker serves it too. Every change is written whole under a lock (``flock``), then renamed into place.
+``epoch`` is made with the file: numbers start again in a new one (the file was deleted or damaged). The worker
+that makes it writes first the last change it applied to each model, so that the new epoch says what the old one
+said (as far as that worker knows); a worker that sees a new epoch applies every change in it again.
+``workers`` says, for each worker, the last number it has applied and the loads that failed there, so that the
+worker that answered a load can tell when every other worker serves it too. Every change is written whole under
+a lock (``flock``), then renamed into place.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class State:
         return json.dumps({"epoch": self.epoch, "last": self.last, "models": self.models, "workers": workers})
 
 
-DAMAGED = (OSError, ValueError, KeyError, TypeError, AttributeError)
+DAMAGED = (ValueError, KeyError, TypeError, AttributeError)
 
 
 class Journal:
@@ -62,29 +64,35 @@ class Journal:
         self.path = path
 
     def read(self) -> State:
-        """The journal as it is; an empty state (no epoch) for a file that is missing or not the journal's shape."""
+        """The journal as it is; an empty state (no epoch) for a file that is missing or not the journal's shape.
+        Raises OSError where the file is there but cannot be read (a valid journal is not taken for none)."""
         try:
-            return State.parse(json.loads(self.path.read_text()))
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return State()
+        try:
+            return State.parse(json.loads(text))
         except DAMAGED:
             return State()
 
-    def record(self, name: str, action: str) -> State:
-        """Write one change (a new epoch if the file is missing or damaged); returns the journal after it."""
+    def record(self, name: str, action: str, carry: dict[str, str]) -> State:
+        """Write one change; returns the journal after it. If the file is missing or damaged, the new epoch
+        starts with ``carry`` (the last action this worker applied to each model), then the change."""
 
         def change(state: State) -> None:
             state.last += 1
             state.models[name] = (state.last, action)
 
-        return self._update(change)
+        return self._update(change, carry)
 
-    def join(self, pid: int) -> State:
-        """Say that worker ``pid`` is there (having applied nothing yet, unless it said more before), so that a
-        load waits for it; the journal is made if there is none."""
+    def join(self, pid: int, carry: dict[str, str]) -> State:
+        """Say that worker ``pid`` is there, having applied nothing of this journal yet, so that a load waits for
+        it. If the file is missing or damaged, the new epoch starts with ``carry``."""
 
         def change(state: State) -> None:
-            state.workers.setdefault(pid, Ack(0))
+            state.workers[pid] = Ack(0)  # what a dead worker of the same pid said is not this one's
 
-        return self._update(change)
+        return self._update(change, carry)
 
     def ack(self, pid: int, epoch: str, seen: int, failed: dict[str, tuple[int, str]]) -> None:
         """A worker's acknowledgement, if the journal is still of that epoch; workers that are gone are dropped."""
@@ -96,12 +104,16 @@ class Journal:
 
         self._update(change)
 
-    def _update(self, change: Callable[[State], None]) -> State:
+    def _update(self, change: Callable[[State], None], carry: dict[str, str] | None = None) -> State:
+        """Read, change and write the journal under its lock. Raises OSError if it cannot be written."""
         self.path.parent.mkdir(parents=True, exist_ok=True)  # a folder removed from under the server
         with self._locked():
             state = self.read()
-            if not state.epoch:
+            if not state.epoch:  # a new journal: what the worker making it has applied comes first
                 state = State(epoch=os.urandom(8).hex())
+                for name, action in sorted((carry or {}).items()):
+                    state.last += 1
+                    state.models[name] = (state.last, action)
             change(state)
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             temporary.write_text(state.dump())

@@ -170,17 +170,18 @@ class Registry:
             self.default = (name, preferred(change.planes))
         family = [change.planes[v] for v in sorted(change.planes, key=int, reverse=True)]
         for plane in change.planes.values():
-            plane.family = lambda family=family: family  # type: ignore[misc]
+            plane.family = family
         for plane in retired:
             self._retire(plane)
         for version in change.fresh:  # after the retired ones: a version loaded again is the same series
             plane = change.planes[version]
             metrics.MODEL_INFO.labels(name, version, plane.engine.provider).set(1)
-            if retired:
-                stopped = ", ".join(sorted({p.engine.spec.version for p in retired}, key=int))
-                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        if retired:  # said in a sequence's error on every version that serves on, until those sequences expired
+            stopped = ", ".join(sorted({p.engine.spec.version for p in retired}, key=int))
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            for plane in change.planes.values():
                 plane.replaced = f"version {stopped} of model {name!r}, which stopped serving at {when}"
-                plane.replaced_until = time.monotonic() + self.store.terms.idle_s  # its sequences expired by then
+                plane.replaced_until = time.monotonic() + self.store.terms.idle_s
         return retired
 
     def _retire(self, plane: DataPlane) -> None:

@@ -36,6 +36,7 @@ from ..pipeline.errors import (
     BodyTimeout,
     ChunkOutOfOrder,
     ClientDisconnected,
+    ControlIncomplete,
     DeadlineExceeded,
     InvalidInput,
     LoadFailed,
@@ -77,6 +78,7 @@ CLOSE_CODES: dict[type[ServiceError], int] = {
     ModelControlOff: POLICY,
     LoadFailed: POLICY,
     ModelInUse: POLICY,
+    ControlIncomplete: TRY_LATER,
 }
 
 
