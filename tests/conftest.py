@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.settings import CONTROL_JOURNAL_ENV, Settings
 from training.export import export
 from training.train import TrainConfig, train
 
@@ -103,6 +103,7 @@ def running_server(
         "LSTM_PORT": str(port),
         "LSTM_PROVIDER": "cpu",
         "LSTM_STATE_URL": f"sqlite://{state.name}/sequences.db",
+        CONTROL_JOURNAL_ENV: f"{state.name}/control/journal.json",  # removed with it, even after a kill
         **(env or {}),
     }
     proc = subprocess.Popen(
