@@ -607,22 +607,28 @@ def test_a_version_that_fails_to_warm_up_is_a_failed_load(
     np.testing.assert_allclose(outputs(explicit), reference(models / "tiny" / "1"), atol=1e-5)
 
 
+def two_workers(settings: Settings, models: Path, journal: Journal) -> tuple[ModelControl, ModelControl]:
+    """Two workers' model controls on one journal, as two live processes (this one and its parent)."""
+    s = settings.model_copy(update={"model_repository": models, "model_name": "tiny", "model_control": "explicit"})
+    one, two = (
+        ModelControl(Registry.load(s), "explicit", 1.0, journal, wait_s=10, pid=pid, workers=2)
+        for pid in (os.getpid(), os.getppid())
+    )
+    one.registry.start()
+    two.registry.start()
+    return one, two
+
+
 def test_workers_follow_each_others_loads_through_the_journal(
     settings: Settings, builds: Path, models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two workers' model controls on one journal (two live pids): a load or unload answered by one is answered
     once the other serves it too; a load the other cannot do is a failed load naming it; a journal deleted or
     damaged starts a new epoch, which every worker applies again."""
-    s = settings.model_copy(update={"model_repository": models, "model_name": "tiny", "model_control": "explicit"})
     journal = Journal(tmp_path / "control" / "journal.json")
-    one, two = (
-        ModelControl(Registry.load(s), "explicit", 1.0, journal, wait_s=10, pid=pid, workers=2)
-        for pid in (os.getpid(), os.getppid())
-    )
+    one, two = two_workers(settings, models, journal)
 
     async def scenario() -> None:
-        for control in (one, two):
-            control.registry.start()
         two.start()  # following, every FOLLOW_S
         await asyncio.sleep(0.1)  # its first look says it is there
         add(builds, models, 2)
@@ -704,16 +710,10 @@ def test_a_journal_deleted_during_a_load_still_reaches_every_worker(
     """The journal deleted after the answering worker wrote the load, before the other looked: the other makes a
     new, empty journal when it looks; the answering worker writes its load (and what else it applied) there
     again, and answers once the other serves it. A journal that cannot be written is a 503 that says so."""
-    s = settings.model_copy(update={"model_repository": models, "model_name": "tiny", "model_control": "explicit"})
     journal = Journal(tmp_path / "journal.json")
-    one, two = (
-        ModelControl(Registry.load(s), "explicit", 1.0, journal, wait_s=10, pid=pid, workers=2)
-        for pid in (os.getpid(), os.getppid())
-    )
+    one, two = two_workers(settings, models, journal)
 
     async def scenario() -> None:
-        for control in (one, two):
-            control.registry.start()
         await two.follow()  # joined
         add(builds, models, 2)
         loading = asyncio.create_task(one.load("tiny"))
