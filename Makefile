@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test store-server lint format docs train export bench soak scale-test docker-test clean
+.PHONY: setup serve test client-test store-server lint format docs train export bench soak scale-test docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,8 @@ $(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
 # deploy/kubernetes/kserve in tests/test_kubernetes.py. A stamp of its own: changing the pin reinstalls it.
 KSERVE_SDK := kserve==0.21.0
 
-$(VENV)/.dev-deps: pyproject.toml $(VENV)/.kserve-sdk-$(KSERVE_SDK) | $(BIN)/python
-	$(PIP) -e '.[train,dev]'
+$(VENV)/.dev-deps: pyproject.toml client/pyproject.toml $(VENV)/.kserve-sdk-$(KSERVE_SDK) | $(BIN)/python
+	$(PIP) -e '.[train,dev]' -e './client[websocket]'
 	touch $@ $(VENV)/.serve-deps
 
 $(VENV)/.kserve-sdk-$(KSERVE_SDK): | $(BIN)/python
@@ -41,8 +41,17 @@ serve: $(VENV)/.serve-deps
 
 # The shared sequence store's tests run against a real Valkey or Redis: Debian's redis-server, installed
 # here where apt-get can (root); elsewhere those tests are skipped and say why.
-test: $(VENV)/.dev-deps store-server
+test: $(VENV)/.dev-deps store-server client-test
 	$(BIN)/python -m pytest
+
+# The client on its own: one pip install from the repository into a virtual environment without the server,
+# then its own tests there (client/tests).
+CLIENT_VENV := $(VENV)-client
+client-test:
+	[ -x $(CLIENT_VENV)/bin/python ] || $(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check './client[test]'
+	cd client && ! ../$(CLIENT_VENV)/bin/python -c 'import service' 2>/dev/null  # the server is not there
+	cd client/tests && ../../$(CLIENT_VENV)/bin/pytest -q -c ../pyproject.toml  # the installed client, not ./
 
 store-server:
 	@command -v valkey-server >/dev/null || command -v redis-server >/dev/null || \
@@ -52,7 +61,7 @@ store-server:
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service training lstm_client
+	$(BIN)/mypy service training client/lstm_client
 	$(BIN)/hadolint Dockerfile docker/train.Dockerfile docker/valkey.Dockerfile
 
 format: $(VENV)/.dev-deps
@@ -94,4 +103,4 @@ docker-test: $(VENV)/.dev-deps
 	PYTHON=$(BIN)/python docker/test.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENT_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,11 +20,14 @@ answer (a refused, broken or timed-out connection), a 502/503/504, or a 409 that
 (``Retry-After``) are sent again, up to ``retries`` times with growing, jittered pauses: each is safe to
 repeat (a prediction is a pure function of its inputs and states, and a server-held sequence's chunks are
 numbered, so the server answers a repeat without applying it twice). When the retries run out, the last
-answer raises ``ServiceError``, or the last connection error (an ``httpx`` error) is raised as it came.
+answer raises ``ServiceError`` (its ``status`` and ``detail``), and the last connection error a
+``ServiceError`` whose ``status`` is None (the ``httpx`` error as its cause).
 WebSocket streams are not retried: a server-held sequence resumes on a new connection by its id.
 """
 
 from __future__ import annotations
+
+__version__ = "0.1.0"
 
 import asyncio
 import contextlib
@@ -58,9 +61,7 @@ def _body(inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | Non
 
 
 def _prediction(answer: httpx.Response) -> Prediction:
-    if answer.status_code != 200:
-        raise ServiceError(answer.status_code, answer.text)
-    doc = answer.json()
+    doc = _answered(answer).json()
     return Prediction(
         [np.asarray(o, dtype=np.float32) for o in doc["outputs"]],
         np.asarray(doc["hn"], dtype=np.float32),
@@ -88,9 +89,18 @@ def _ws_outputs(raw: str | bytes) -> np.ndarray:
 
 
 class ServiceError(RuntimeError):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"{status}: {detail}")
+    """What every call raises when it fails: the answer's status and detail, or ``status`` None when no answer
+    came (the connection failed, broke or timed out, after the retries)."""
+
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(f"{status}: {detail}" if status is not None else detail)
         self.status, self.detail = status, detail
+
+
+def _answered(answer: httpx.Response) -> httpx.Response:
+    if answer.status_code != 200:
+        raise ServiceError(answer.status_code, answer.text)
+    return answer
 
 
 RETRY_STATUSES = (502, 503, 504)
@@ -122,7 +132,7 @@ def _pause(answer: httpx.Response | None, attempt: int, retries: int) -> float |
 def _final(answer: httpx.Response | None, failure: Exception | None) -> httpx.Response:
     if answer is None:
         assert failure is not None
-        raise failure
+        raise ServiceError(None, f"no answer: {failure!r}") from failure
     return answer
 
 
@@ -136,10 +146,12 @@ class _Base:
         api_key: str | None = None,
         timeout: float = 40.0,  # longer than the service's default deadline (LSTM_REQUEST_TIMEOUT_S): not cut off first
         retries: int = 5,  # about 1.5 s of backoff without an answer: a dead replica is out of the balancer by then
+        transport: Any = None,  # an httpx transport in place of the network's (tests: httpx.MockTransport)
     ) -> None:
         self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.retries = retries
+        self.transport = transport
 
     def _ws_url(self, model: str) -> str:
         return self.url.replace("http", "ws", 1) + f"/v1/models/{model}/stream"
@@ -150,7 +162,9 @@ class Client(_Base):
 
     def __init__(self, url: str = "http://127.0.0.1:8000", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout)
+        self.http = httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=self.timeout, transport=self.transport
+        )
 
     def predict(
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
@@ -178,7 +192,7 @@ class Client(_Base):
         return HeldSequence(self, sequence_id)
 
     def default_model(self) -> str:
-        return str(self.http.get("/v1/models").raise_for_status().json()["default"]["name"])
+        return str(_answered(self.http.get("/v1/models")).json()["default"]["name"])
 
     def stream(self, transport: str = "http") -> Stream:
         return Stream(self, transport)
@@ -285,7 +299,9 @@ class AsyncClient(_Base):
 
     def __init__(self, url: str = "http://127.0.0.1:8000", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout)
+        self.http = httpx.AsyncClient(
+            base_url=self.url, headers=self.headers, timeout=self.timeout, transport=self.transport
+        )
 
     async def predict(
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
@@ -310,7 +326,7 @@ class AsyncClient(_Base):
         return AsyncHeldSequence(self, sequence_id)
 
     async def default_model(self) -> str:
-        return str((await self.http.get("/v1/models")).raise_for_status().json()["default"]["name"])
+        return str(_answered(await self.http.get("/v1/models")).json()["default"]["name"])
 
     async def stream(self, transport: str = "http") -> AsyncStream:
         stream = AsyncStream(self, transport)
