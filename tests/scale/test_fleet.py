@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from lstm_client import AsyncClient
 
 from deploy.fleet import HEALTH_CHECK_MS, Fleet, fleet
-from lstm_client import AsyncClient
 from service.pipeline.sequences import LEASE_S
 
 from ..conftest import windows
