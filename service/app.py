@@ -19,6 +19,7 @@ from .model.engine import Engine
 from .pipeline.control import ModelControl
 from .pipeline.errors import ServiceError
 from .pipeline.registry import Registry
+from .protocols import oip_grpc
 from .protocols.fastpath import FastPath
 from .protocols.handlers import oip_error, rest_error
 from .protocols.oip_routes import router as oip_router
@@ -88,6 +89,11 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         app.state.registry = registry
         app.state.control = control
         app.state.stream_connections = Connections(s.stream_max_connections)
+        grpc_server = None
+        if s.grpc_port is not None:
+            grpc_server = await oip_grpc.serve(
+                app.state, s.host, s.grpc_port, s.api_keys, s.max_body_bytes, app.version
+            )
         app.state.ready = True
         watch_for_stop()
         engine = registry.default_plane.engine
@@ -96,6 +102,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             yield
         finally:
             app.state.ready = False
+            if grpc_server is not None:
+                await grpc_server.stop(grace=s.request_timeout_s)  # calls in progress may finish
             await control.stop()
             await registry.close()
 

@@ -145,6 +145,14 @@ class Settings(BaseSettings):
     )
     host: str = _doc("127.0.0.1", "Where `python -m service` listens.")
     port: int = _doc(8000, "Its port.", ge=0, le=65535)
+    grpc_port: int | None = _doc(
+        None,
+        "The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`) on this port, served by every "
+        "worker; off unless set (a port of its own, opened on purpose).",
+        "off",
+        ge=1,
+        le=65535,
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = _doc(
         "info", "`info` logs one line per request."
     )

@@ -24,11 +24,12 @@ from ..model.batch import Batch
 from ..model.contract import FINAL_STATES, INPUTS, OUTPUTS, ModelSpec
 from ..pipeline import jsondata, rules
 from ..pipeline.dataplane import Call, Outcome
-from ..pipeline.errors import ChunkOutOfOrder, InvalidInput, ServiceError, error
+from ..pipeline.errors import ChunkOutOfOrder, InvalidInput, Loc, ServiceError, error
 from ..pipeline.rules import Limits
 from ..pipeline.sequences import SequenceRef, chunk_number, sequence_id
 
 HEADER_LENGTH = "inference-header-content-length"
+EXTENSIONS = ["binary_tensor_data", "sequence", "model_repository"]  # of the protocol, announced in its metadata
 DATATYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
@@ -137,12 +138,12 @@ def _envelope(reader: jsondata.Reader) -> InferenceRequest:
     try:
         return InferenceRequest.model_validate(envelope)
     except ValidationError as e:
-        raise _invalid(e) from None
+        raise invalid(e) from None
 
 
-def _invalid(e: ValidationError) -> InvalidInput:
-    """pydantic's errors as the pipeline's, each naming its place."""
-    errors = [error(tuple(err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)]
+def invalid(e: ValidationError, within: Loc = ()) -> InvalidInput:
+    """pydantic's errors as the pipeline's, each naming its place (``within`` the request)."""
+    errors = [error((*within, *err["loc"]), err["msg"], err["type"]) for err in e.errors(include_url=False)]
     return InvalidInput(errors[: rules.MAX_ERRORS])
 
 
@@ -156,7 +157,7 @@ def index_request(body: bytes) -> RepositoryIndexRequest:
     try:
         return RepositoryIndexRequest.model_validate_json(body or b"{}")
     except ValidationError as e:
-        raise _invalid(e) from None
+        raise invalid(e) from None
 
 
 class LoadParameters(BaseModel):
@@ -185,7 +186,7 @@ def control_request(body: bytes, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as e:
-        raise _invalid(e) from None
+        raise invalid(e) from None
 
 
 def _tensor(reader: jsondata.Reader, tensor: Any) -> dict[str, Any]:
@@ -225,15 +226,7 @@ class OipCodec:
         offset = 0
         for i, tensor in enumerate(req.inputs):
             loc: tuple[str | int, ...] = ("inputs", i)
-            if tensor.name not in INPUTS:
-                msg = f"Unknown input {tensor.name[:64]!r}; the model takes {', '.join(INPUTS)}"
-                raise InvalidInput([error((*loc, "name"), msg, "unknown_input")])
-            if tensor.name in arrays:
-                raise InvalidInput([error((*loc, "name"), f"Input {tensor.name!r} is given twice", "duplicate")])
-            dtype = DATATYPES.get(tensor.datatype)
-            if dtype is None:
-                msg = f"Datatype {tensor.datatype[:64]!r} is not one of {', '.join(DATATYPES)}"
-                raise InvalidInput([error((*loc, "datatype"), msg, "datatype")])
+            dtype = input_dtype(tensor.name, tensor.datatype, loc, arrays)
             count = math.prod(tensor.shape)
             size = tensor.parameters.binary_data_size if tensor.parameters is not None else None
             if size is not None:
@@ -253,12 +246,7 @@ class OipCodec:
             msg = f"{len(binary) - offset} bytes of binary data after the last tensor"
             raise InvalidInput([error(("body",), msg, "binary_size")])
         outputs, wanted_binary = _requested_outputs(req)
-        batch = _batch(arrays, spec, limits)
-        steps = arrays["x"].shape[1]
-        ref = _sequence(req.parameters)
-        if ref is not None:
-            rules.sequence_batch(batch, ref, "h0" in arrays, PLACES)
-        return Call(batch, context=Answer(outputs, wanted_binary, req.id, steps), sequence=ref)
+        return call_of(arrays, req.parameters, Answer(outputs, wanted_binary, req.id, 0), spec, limits)
 
     def _split(self, body: bytes) -> tuple[bytes, bytes]:
         n = self.header_length
@@ -273,16 +261,7 @@ class OipCodec:
         """The response body and, when any output is binary, the JSON header's length."""
         answer_of = call.context
         assert answer_of is not None
-        results = outcome.results
-        arrays: dict[str, np.ndarray] = {}
-        if "y" in answer_of.outputs:
-            y = np.zeros((len(results), answer_of.steps, spec.output_size), dtype=np.float32)
-            for i, r in enumerate(results):
-                y[i, : len(r.outputs)] = r.outputs
-            arrays["y"] = y
-        for name, field in zip(FINAL_STATES, ("hn", "cn"), strict=True):
-            if name in answer_of.outputs:
-                arrays[name] = np.ascontiguousarray(np.stack([getattr(r, field) for r in results], axis=1))
+        arrays = output_arrays(answer_of, outcome, spec)
         entries, blobs = [], []
         for name in answer_of.outputs:
             array = arrays[name]
@@ -303,18 +282,68 @@ class OipCodec:
         return header + b"".join(blobs), len(header)
 
 
+def output_arrays(answer_of: Answer, outcome: Outcome, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The outputs asked for, as the graph's tensors: ``y`` padded to the request's steps (zeros past each
+    sequence's length), ``hn`` and ``cn`` [layers, batch, hidden]."""
+    results = outcome.results
+    arrays: dict[str, np.ndarray] = {}
+    if "y" in answer_of.outputs:
+        y = np.zeros((len(results), answer_of.steps, spec.output_size), dtype=np.float32)
+        for i, r in enumerate(results):
+            y[i, : len(r.outputs)] = r.outputs
+        arrays["y"] = y
+    for name, field in zip(FINAL_STATES, ("hn", "cn"), strict=True):
+        if name in answer_of.outputs:
+            arrays[name] = np.ascontiguousarray(np.stack([getattr(r, field) for r in results], axis=1))
+    return arrays
+
+
+def input_dtype(name: str, datatype: str, loc: Loc, arrays: dict[str, np.ndarray]) -> np.dtype[Any]:
+    """An input tensor's numpy type, once its name is the graph's and not given before."""
+    if name not in INPUTS:
+        msg = f"Unknown input {name[:64]!r}; the model takes {', '.join(INPUTS)}"
+        raise InvalidInput([error((*loc, "name"), msg, "unknown_input")])
+    if name in arrays:
+        raise InvalidInput([error((*loc, "name"), f"Input {name!r} is given twice", "duplicate")])
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        msg = f"Datatype {datatype[:64]!r} is not one of {', '.join(DATATYPES)}"
+        raise InvalidInput([error((*loc, "datatype"), msg, "datatype")])
+    return dtype
+
+
+def call_of(
+    arrays: dict[str, np.ndarray], parameters: RequestParameters | None, answer: Answer, spec: ModelSpec, limits: Limits
+) -> Call[Answer]:
+    """The input tensors and the request's parameters as the pipeline's call (every rule checked)."""
+    batch = _batch(arrays, spec, limits)
+    answer.steps = arrays["x"].shape[1]
+    ref = _sequence(parameters)
+    if ref is not None:
+        rules.sequence_batch(batch, ref, "h0" in arrays, PLACES)
+    return Call(batch, context=answer, sequence=ref)
+
+
+def requested_outputs(names: list[str]) -> list[str]:
+    """The outputs asked for by name, in order (every output when none is): each the graph's, once."""
+    if not names:
+        return list(OUTPUTS)
+    for i, name in enumerate(names):
+        if name not in OUTPUTS:
+            msg = f"Unknown output {name[:64]!r}; the model gives {', '.join(OUTPUTS)}"
+            raise InvalidInput([error(("outputs", i, "name"), msg, "unknown_output")])
+        if name in names[:i]:
+            raise InvalidInput([error(("outputs", i, "name"), f"Output {name!r} is asked for twice", "duplicate")])
+    return names
+
+
 def _requested_outputs(req: InferenceRequest) -> tuple[list[str], set[str]]:
     all_binary = bool(req.parameters and req.parameters.binary_data_output)
     if req.outputs is None:
         return list(OUTPUTS), set(OUTPUTS) if all_binary else set()
-    names, binary = [], set()
-    for i, out in enumerate(req.outputs):
-        if out.name not in OUTPUTS:
-            msg = f"Unknown output {out.name[:64]!r}; the model gives {', '.join(OUTPUTS)}"
-            raise InvalidInput([error(("outputs", i, "name"), msg, "unknown_output")])
-        if out.name in names:
-            raise InvalidInput([error(("outputs", i, "name"), f"Output {out.name!r} is asked for twice", "duplicate")])
-        names.append(out.name)
+    names = requested_outputs([out.name for out in req.outputs])
+    binary = set()
+    for out in req.outputs:
         asked = out.parameters.binary_data if out.parameters is not None else None
         if all_binary if asked is None else asked:
             binary.add(out.name)

@@ -65,8 +65,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
-    extensions = ["binary_tensor_data", "sequence", "model_repository"]
-    return {"name": "lstm-service", "version": request.app.version, "extensions": extensions}
+    return {"name": "lstm-service", "version": request.app.version, "extensions": oip.EXTENSIONS}
 
 
 INDEX_DOCS: dict[str, Any] = {

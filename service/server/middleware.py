@@ -85,17 +85,22 @@ class RequestContext:
             )
 
 
+def authorized(header: str, keys: list[bytes]) -> bool:
+    """Whether an ``Authorization`` value (HTTP header, gRPC metadata) is ``Bearer <one of the keys>``."""
+    scheme, _, token = header.partition(" ")
+    candidate = token.strip().encode()
+    # Compare with every key, without stopping early: the time taken says nothing of which keys exist.
+    matches = [hmac.compare_digest(candidate, key) for key in keys]
+    return scheme.lower() == "bearer" and any(matches)
+
+
 class ApiKeyAuth:
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
 
     def _authorized(self, scope: Scope) -> bool:
-        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        candidate = token.strip().encode()
-        # Compare with every key, without stopping early: the time taken says nothing of which keys exist.
-        matches = [hmac.compare_digest(candidate, key) for key in self.keys]
-        return scheme.lower() == "bearer" and any(matches)
+        return authorized(Headers(scope=scope).get("authorization", ""), self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_ROUTES or self._authorized(scope):

@@ -1,0 +1,272 @@
+"""The Open Inference Protocol over gRPC: KServe v2's and Triton's ``inference.GRPCInferenceService``.
+
+The messages are the protocol's own, as tritonclient ships them compiled (``tritonclient.grpc.service_pb2``).
+``ModelInfer`` and each request of ``ModelStreamInfer`` (a bidirectional stream: a sequence's chunks, one after
+the other) go through the request path every protocol shares (``DataPlane.serve``): validation, limits,
+admission, the deadline, batching, server-held sequences. This module is the codec (protobuf tensors in and
+out, the same rules as the JSON protocol's: ``protocols.oip``) and the errors' one mapping to gRPC status codes
+(a stream answers an error in the stream and goes on). API keys come as ``authorization`` metadata; every
+call is counted (``lstm_requests_total{route="grpc/<method>"}``) and logged with a request id.
+
+Served on ``LSTM_GRPC_PORT`` (off unless set) by each worker of the server: the port is opened with
+``SO_REUSEPORT``, so the kernel shares connections among the workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import orjson
+from pydantic import ValidationError
+from tritonclient.grpc import service_pb2 as pb
+
+from .. import metrics
+from ..model.contract import ModelSpec
+from ..pipeline.dataplane import Call, Outcome
+from ..pipeline.errors import InvalidInput, NotReady, ServiceError, UnknownModel, error
+from ..pipeline.registry import Registry
+from ..pipeline.rules import Limits
+from ..server.middleware import REQUEST_ID, access, authorized, new_request_id
+from ..server.shutdown import DRAINING
+from . import oip
+
+SERVICE = "inference.GRPCInferenceService"
+MAX_DIMS = 8
+# The pipeline's statuses as gRPC codes, once (the HTTP status each error stands for: pipeline.errors).
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT64": "int64_contents"}
+
+
+def status_of(exc: ServiceError) -> tuple[int, grpc.StatusCode, str]:
+    """The HTTP status, gRPC code and message of an error: the JSON protocol's message (field and index)."""
+    status, body, _ = oip.error_response(exc)
+    return status, CODES.get(status, grpc.StatusCode.INTERNAL), str(orjson.loads(body)["error"])
+
+
+class GrpcCodec:
+    """One ``ModelInferRequest`` (already parsed: its model picks the request path) and its response."""
+
+    def __init__(self, request: pb.ModelInferRequest) -> None:
+        self.request = request
+
+    def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[oip.Answer]:
+        req = self.request
+        raw = list(req.raw_input_contents)
+        if raw and len(raw) != len(req.inputs):
+            msg = f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs: one each, in order"
+            raise InvalidInput([error(("raw_input_contents",), msg, "raw_contents")])
+        if not req.inputs:
+            raise InvalidInput([error(("inputs",), "Input 'x' is required", "missing")])
+        arrays: dict[str, np.ndarray] = {}
+        for i, tensor in enumerate(req.inputs):
+            loc: tuple[str | int, ...] = ("inputs", i)
+            dtype = oip.input_dtype(tensor.name, tensor.datatype, loc, arrays)
+            shape = tuple(tensor.shape)
+            if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+                raise InvalidInput([error((*loc, "shape"), f"{list(shape)[:16]} is not a shape", "shape")])
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if raw:
+                if tensor.HasField("contents"):
+                    msg = "Give contents or raw_input_contents, not both"
+                    raise InvalidInput([error((*loc, "contents"), msg, "both")])
+                if len(raw[i]) != count * dtype.itemsize:
+                    msg = f"{len(raw[i])} bytes do not hold shape {list(shape)} of {tensor.datatype}"
+                    raise InvalidInput([error(("raw_input_contents", i), msg, "raw_contents")])
+                array = np.frombuffer(raw[i], dtype=dtype).reshape(shape)
+            else:
+                values = getattr(tensor.contents, CONTENTS[tensor.datatype])
+                if len(values) != count:
+                    msg = f"{len(values)} values do not fill shape {list(shape)}"
+                    raise InvalidInput([error((*loc, "contents", CONTENTS[tensor.datatype]), msg, "contents")])
+                array = np.asarray(values, dtype=dtype).reshape(shape)
+            arrays[tensor.name] = array
+        outputs = oip.requested_outputs([o.name for o in req.outputs])
+        try:
+            parameters = oip.RequestParameters.model_validate(
+                {key: getattr(p, p.WhichOneof("parameter_choice") or "bool_param") for key, p in req.parameters.items()}
+            )
+        except ValidationError as e:
+            raise oip.invalid(e, ("parameters",)) from None
+        return oip.call_of(arrays, parameters, oip.Answer(outputs, set(), req.id or None, 0), spec, limits)
+
+    def encode(self, call: Call[oip.Answer], outcome: Outcome, spec: ModelSpec) -> pb.ModelInferResponse:
+        assert call.context is not None
+        response = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=call.context.id or "")
+        for name, array in oip.output_arrays(call.context, outcome, spec).items():
+            response.outputs.add(name=name, datatype="FP32", shape=list(array.shape))
+            response.raw_output_contents.append(array.astype("<f4", copy=False).tobytes())
+        return response
+
+
+async def _no_body() -> bytes:
+    return b""  # the message came whole, and is parsed: the codec holds it
+
+
+class InferenceService:
+    """The service's methods; ``registry`` is looked up per call (model control swaps versions)."""
+
+    def __init__(self, state: Any, keys: list[str], version: str) -> None:
+        self.state = state  # the app's state: the registry once the lifespan has loaded it
+        self.keys = [k.encode() for k in keys]
+        self.version = version  # the server's
+
+    @property
+    def registry(self) -> Registry:
+        registry: Registry | None = getattr(self.state, "registry", None)
+        if registry is None:
+            raise NotReady
+        return registry
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        plane = self.registry.get(request.model_name, request.model_version or None)
+        response: pb.ModelInferResponse = await plane.serve(
+            GrpcCodec(request), _no_body, pinned=bool(request.model_version)
+        )
+        return response
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        def unary(name: str, method: Callable[..., Awaitable[Any]], request: Any, open_: bool = False) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                self._call(name, method, open_),
+                request_deserializer=request.FromString,
+                response_serializer=lambda m: m.SerializeToString(),
+            )
+
+        methods = {
+            "ServerLive": unary("ServerLive", self._live, pb.ServerLiveRequest, open_=True),
+            "ServerReady": unary("ServerReady", self._ready, pb.ServerReadyRequest, open_=True),
+            "ModelReady": unary("ModelReady", self._model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": unary("ServerMetadata", self._server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": unary("ModelMetadata", self._model_metadata, pb.ModelMetadataRequest),
+            "ModelInfer": unary("ModelInfer", self.infer, pb.ModelInferRequest),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                self._stream,
+                request_deserializer=pb.ModelInferRequest.FromString,
+                response_serializer=lambda m: m.SerializeToString(),
+            ),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    def _authorized(self, context: grpc.aio.ServicerContext) -> bool:
+        if not self.keys:
+            return True
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
+        return authorized(given if isinstance(given, str) else "", self.keys)
+
+    def _call(
+        self, name: str, method: Callable[..., Awaitable[Any]], open_: bool
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        route = f"grpc/{name}"
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start, status, request_id = time.perf_counter(), 200, _request_id(context)
+            context.set_trailing_metadata((("x-request-id", request_id),))
+            try:
+                if not open_ and not self._authorized(context):
+                    metrics.REJECTED.labels("unauthorized").inc()
+                    status = 401
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
+                try:
+                    return await method(request)
+                except ServiceError as exc:
+                    status, code, message = status_of(exc)
+                    await context.abort(code, message)
+            finally:
+                _answered(route, status, start, request_id, context)
+
+        return handle
+
+    async def _stream(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request answered in order; an error is answered in the stream (``error_message``), which goes on."""
+        if not self._authorized(context):
+            metrics.REJECTED.labels("unauthorized").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
+        async for request in requests:
+            start, status, request_id = time.perf_counter(), 200, new_request_id()
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=await self.infer(request))
+            except ServiceError as exc:
+                status, _, message = status_of(exc)
+                yield pb.ModelStreamInferResponse(error_message=message)
+            finally:
+                _answered("grpc/ModelStreamInfer", status, start, request_id, context)
+
+    async def _live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=getattr(self.state, "registry", None) is not None and not DRAINING.is_set())
+
+    async def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        try:
+            self.registry.get(request.name, request.version or None)
+        except UnknownModel:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not DRAINING.is_set())
+
+    async def _server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="lstm-service", version=self.version, extensions=oip.EXTENSIONS)
+
+    async def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        registry = self.registry
+        spec = registry.get(request.name, request.version or None).engine.spec
+        meta = oip.model_metadata(spec, registry.versions(request.name))
+        response = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+        for kind in ("inputs", "outputs"):
+            for t in meta[kind]:
+                getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return response
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    given = dict(context.invocation_metadata() or ()).get("x-request-id")
+    return given if isinstance(given, str) and REQUEST_ID.fullmatch(given) else new_request_id()
+
+
+def _answered(route: str, status: int, start: float, request_id: str, context: grpc.aio.ServicerContext) -> None:
+    elapsed = time.perf_counter() - start
+    metrics.answered(route, status, elapsed)
+    access(
+        request_id=request_id,
+        method="GRPC",
+        path=route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 3),
+        client=(context.peer() or "").rsplit(":", 1)[0],
+    )
+
+
+async def serve(
+    state: Any, host: str, port: int, keys: list[str], max_message_bytes: int, version: str
+) -> grpc.aio.Server:
+    """Start the gRPC server of this worker (``SO_REUSEPORT``: every worker listens on the same port)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+        ]
+    )
+    server.add_generic_rpc_handlers((InferenceService(state, keys, version).handlers(),))
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"gRPC cannot listen on {host}:{port}")
+    await server.start()
+    return server

@@ -1,0 +1,207 @@
+"""The Open Inference Protocol over gRPC, through the real tritonclient[grpc] client against the real server
+(two workers sharing the port), and the protocol's own stubs where tritonclient does not reach (typed contents)."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from .conftest import free_port, running_server, windows
+from .test_observability import sample
+
+KEY = "grpc-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def served(repo: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = {"LSTM_WORKERS": "2", "LSTM_GRPC_PORT": str(port), "LSTM_API_KEYS": KEY}
+    with running_server(repo, env) as (url, proc):
+        yield url, port
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def client(served: tuple[str, int]) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(f"127.0.0.1:{served[1]}")
+    yield c
+    c.close()
+
+
+def inputs(x: np.ndarray, states: tuple[np.ndarray, np.ndarray] | None = None) -> list[triton.InferInput]:
+    named = [("x", x), *([("h0", states[0]), ("c0", states[1])] if states else [])]
+    out = []
+    for name, array in named:
+        t = triton.InferInput(name, list(array.shape), "FP32")
+        t.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        out.append(t)
+    return out
+
+
+def rest(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.post(f"{url}/predict", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_health_metadata_and_keys(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()  # open to probes, as over HTTP
+    with pytest.raises(InferenceServerException, match="Not authenticated") as refused:
+        client.get_server_metadata()
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+    meta = client.get_server_metadata(headers=AUTH)
+    assert {"binary_tensor_data", "sequence", "model_repository"} <= set(meta.extensions)
+    model = client.get_model_metadata("tiny", headers=AUTH)
+    assert list(model.versions) == ["1"] and model.platform == "onnxruntime_onnx"
+    assert {t.name: list(t.shape) for t in model.inputs} == {
+        "x": [-1, -1, 4],
+        "h0": [2, -1, 8],
+        "c0": [2, -1, 8],
+        "lengths": [-1],
+    }
+    assert client.is_model_ready("tiny", headers=AUTH) and not client.is_model_ready("nope", headers=AUTH)
+
+
+@pytest.mark.parametrize("with_states", [False, True])
+def test_infer_equals_predict(
+    served: tuple[str, int], client: triton.InferenceServerClient, weather: np.ndarray, with_states: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    x = np.stack(windows(weather, [12, 12, 12], rng)).astype(np.float32)
+    states = tuple((rng.standard_normal((2, 3, 8)) * 0.5).astype(np.float32) for _ in range(2))
+    result = client.infer("tiny", inputs(x, states if with_states else None), headers=AUTH)  # type: ignore[arg-type]
+    body: dict[str, Any] = {"inputs": x.tolist()}
+    if with_states:
+        body |= {"h0": states[0].transpose(1, 0, 2).tolist(), "c0": states[1].transpose(1, 0, 2).tolist()}
+    want = rest(served[0], body)
+    np.testing.assert_allclose(result.as_numpy("y"), np.asarray(want["outputs"]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("hn"), np.asarray(want["hn"]).transpose(1, 0, 2), rtol=0, atol=1e-6)
+    assert result.get_response().model_name == "tiny" and result.get_response().model_version == "1"
+
+
+def test_typed_contents_and_lengths_through_the_protocols_own_stub(
+    served: tuple[str, int], weather: np.ndarray
+) -> None:
+    """Tensors as typed contents (fp32_contents, int_contents), not raw bytes: the other half of the protocol."""
+    x = np.stack(windows(weather, [6, 6], np.random.default_rng(4))).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="tiny", id="r-1")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 6, 4]).contents.fp32_contents.extend(x.ravel().tolist())
+    request.inputs.add(name="lengths", datatype="INT32", shape=[2]).contents.int_contents.extend([6, 2])
+    request.outputs.add(name="y")
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=tuple(AUTH.items()))
+    assert (
+        answer.id == "r-1" and [o.name for o in answer.outputs] == ["y"] and list(answer.outputs[0].shape) == [2, 6, 1]
+    )
+    y = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(2, 6, 1)
+    want = rest(served[0], {"inputs": [x[0].tolist(), x[1, :2].tolist()]})["outputs"]
+    np.testing.assert_allclose(y[0], want[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(y[1, :2], want[1], rtol=0, atol=1e-6)
+    assert not y[1, 2:].any()  # past its length: zeros, never padding's outputs
+
+
+@pytest.mark.parametrize(
+    "build, code, why",
+    [
+        (
+            lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1, 2, 3]).contents.fp32_contents.extend([0.0] * 6),
+            "INVALID_ARGUMENT",
+            "x: Should have shape [-1, -1, 4]",
+        ),
+        (
+            lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1, 2, 4]).contents.fp32_contents.extend([0.0] * 7),
+            "INVALID_ARGUMENT",
+            "inputs.0.contents.fp32_contents: 7 values do not fill shape [1, 2, 4]",
+        ),
+        (lambda r: r.inputs.add(name="z", datatype="FP32", shape=[1]), "INVALID_ARGUMENT", "inputs.0.name"),
+        (lambda r: r.inputs.add(name="x", datatype="BYTES", shape=[1]), "INVALID_ARGUMENT", "inputs.0.datatype"),
+        (
+            lambda r: (
+                r.inputs.add(name="x", datatype="FP32", shape=[1, 1, 4]),
+                r.raw_input_contents.append(b"\0" * 3),
+            ),
+            "INVALID_ARGUMENT",
+            "raw_input_contents.0: 3 bytes do not hold shape [1, 1, 4]",
+        ),
+        (
+            lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1, 1, 4]).contents.fp32_contents.extend(
+                [1e39] * 4
+            ),
+            "INVALID_ARGUMENT",
+            "x",
+        ),
+        (
+            lambda r: r.parameters["sequence_start"].CopyFrom(pb.InferParameter(bool_param=True)),
+            "INVALID_ARGUMENT",
+            "Input 'x' is required",
+        ),
+    ],
+    ids=["shape", "count", "name", "datatype", "raw-size", "not-finite", "no-inputs"],
+)
+def test_bad_requests_get_the_right_code_and_name_the_field(
+    served: tuple[str, int], build, code: str, why: str
+) -> None:  # type: ignore[no-untyped-def]
+    request = pb.ModelInferRequest(model_name="tiny")
+    build(request)
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel, pytest.raises(grpc.RpcError) as failed:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=tuple(AUTH.items()))
+    assert failed.value.code().name == code and why in failed.value.details(), failed.value.details()
+
+
+def test_unknown_model_and_version(client: triton.InferenceServerClient) -> None:
+    x = np.zeros((1, 2, 4), np.float32)
+    for model, version in (("nope", ""), ("tiny", "9")):
+        with pytest.raises(InferenceServerException) as missing:
+            client.infer(model, inputs(x), model_version=version, headers=AUTH)
+        assert missing.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_a_sequence_over_model_stream_infer_equals_one_call(
+    client: triton.InferenceServerClient, weather: np.ndarray
+) -> None:
+    """ModelStreamInfer with Triton's sequence parameters, the states held by the server; an error in the stream
+    is answered in it, and the stream goes on."""
+    x = np.ascontiguousarray(windows(weather, [30], np.random.default_rng(6))[0][None].astype(np.float32))
+    whole = client.infer("tiny", inputs(x), headers=AUTH)
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=AUTH)
+    try:
+        ends = [7, 8, 20, 30]
+        for k, (a, b) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+            client.async_stream_infer(
+                "tiny", inputs(x[:, a:b]), sequence_id="grpc-seq", sequence_start=k == 0, sequence_end=b == 30
+            )
+        client.async_stream_infer("tiny", inputs(np.zeros((1, 2, 3), np.float32)))  # wrong shape: its own error
+        client.async_stream_infer("tiny", inputs(x[:, :3]))  # and the stream goes on
+        got = [answers.get(timeout=30) for _ in range(6)]
+    finally:
+        client.stop_stream()
+    assert all(err is None for _, err in got[:4]) and got[4][1] is not None and got[5][1] is None
+    assert "x: Should have shape" in str(got[4][1])
+    pieces = np.concatenate([result.as_numpy("y") for result, _ in got[:4]], axis=1)
+    np.testing.assert_allclose(pieces, whole.as_numpy("y"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[3][0].as_numpy("hn"), whole.as_numpy("hn"), rtol=0, atol=1e-5)
+
+
+def test_grpc_calls_are_counted(served: tuple[str, int], client: triton.InferenceServerClient) -> None:
+    before = httpx.get(f"{served[0]}/metrics").text
+    client.infer("tiny", inputs(np.zeros((1, 2, 4), np.float32)), headers=AUTH)
+    with pytest.raises(InferenceServerException):
+        client.infer("tiny", inputs(np.zeros((1, 2, 3), np.float32)), headers=AUTH)
+    after = httpx.get(f"{served[0]}/metrics").text
+    for status in ("200", "400"):
+        grew = sample(after, "lstm_requests_total", route="grpc/ModelInfer", status=status)
+        assert grew - sample(before, "lstm_requests_total", route="grpc/ModelInfer", status=status) == 1
