@@ -89,7 +89,24 @@ def make_bodies(tmp: Path, meta: dict[str, Any]) -> dict[str, Path]:
         files[name].write_bytes(header + blobs)
         files[name].with_suffix(".header").write_text(str(len(header)))
     files["W3v2"].write_bytes(stream.tobytes())
+    # And over gRPC: serialized ModelInferRequests with raw contents (bench/grpc_load.py sends them as they are).
+    for name, tensors in (
+        ("W1grpc", {"x": np.asarray(w1["inputs"], np.float32), "h0": h0, "c0": c0}),
+        ("W2grpc", {"x": np.asarray(w2["inputs"], np.float32)}),
+    ):
+        files[name] = tmp / f"{name}.pb"
+        files[name].write_bytes(grpc_request(meta["name"], tensors))
     return files
+
+
+def grpc_request(model: str, tensors: dict[str, np.ndarray]) -> bytes:
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    for name, array in tensors.items():
+        request.inputs.add(name=name, datatype="FP32", shape=list(array.shape))
+        request.raw_input_contents.append(np.ascontiguousarray(array, dtype="<f4").tobytes())
+    return bytes(request.SerializeToString())
 
 
 def binary_request(tensors: dict[str, np.ndarray]) -> tuple[bytes, bytes]:
@@ -244,7 +261,17 @@ def wrk(
 def load(
     url: str, workload: str, conns: int, seconds: int, files: dict[str, Path], meta: dict[str, Any]
 ) -> dict[str, Any]:
-    """One run: wrk for HTTP, bench/ws_stream.py for W3 over the WebSocket stream."""
+    """One run: wrk for HTTP, bench/ws_stream.py for W3 over the WebSocket stream, bench/grpc_load.py for gRPC."""
+    if workload.endswith("grpc"):
+        cmd = [PY, "-m", "bench.grpc_load", "--target", GRPC_TARGETS[url], "--body", str(files[workload])]
+        cmd += ["--conns", str(conns), "--seconds", str(seconds)]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("GRPC_JSON ")), None)
+        if line is None:
+            raise RuntimeError(f"bench.grpc_load gave no figures: {out.stdout}\n{out.stderr}")
+        r: dict[str, Any] = json.loads(line[len("GRPC_JSON ") :])
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        return r
     if workload != "W3ws":
         return wrk(url, workload, conns, seconds, files, meta)
     chunks = files["W3"].read_bytes().splitlines()
@@ -255,6 +282,8 @@ def load(
 
 RUNS = [("W1", 1), ("W1", 32), ("W2", 4), ("W3", 1)]
 FLOAT = {"LSTM_MODEL_VERSION": MODEL.name}  # the float32 version the baselines run
+GRPC_RUNS = [("W1grpc", 1), ("W1grpc", 32), ("W2grpc", 4)]
+GRPC_TARGETS: dict[str, str] = {}  # a server's URL -> its gRPC host:port
 PROTOCOL_RUNS = [("W1v2", 1), ("W1v2", 32), ("W2v2", 4), ("W3v2", 1), ("W3ws", 1), ("W3seq", 1)]  # default server only
 SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
     "bare ASGI (HTTP floor)": (
@@ -499,9 +528,13 @@ def main() -> int:
             )
         else:
             print("== no valkey-server or redis-server: W3 through a shared store not measured", flush=True)
+        # The default server's settings and gRPC on a port of its own; its HTTP figures are the runs above.
+        servers["service, gRPC"] = ([PY, "-m", "service"], {**FLOAT, "LSTM_GRPC_PORT": str(free_port())}, GRPC_RUNS)
         for name, (cmd, env, runs) in servers.items():
             print(f"== {name}", flush=True)
             with server(cmd, env) as (url, pid):
+                if "LSTM_GRPC_PORT" in env:
+                    GRPC_TARGETS[url] = f"127.0.0.1:{env['LSTM_GRPC_PORT']}"
                 out: dict[str, Any] = {}
                 wrk(url, "W1", 4, 2, files, meta)  # warm-up
                 for workload, conns in runs:
