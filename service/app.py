@@ -91,9 +91,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         app.state.stream_connections = Connections(s.stream_max_connections)
         grpc_server = None
         if s.grpc_port is not None:
-            grpc_server = await oip_grpc.serve(
-                app.state, s.host, s.grpc_port, s.api_keys, s.max_body_bytes, app.version
-            )
+            grpc_server = await oip_grpc.serve(app.state, s, app.version)
         app.state.ready = True
         watch_for_stop()
         engine = registry.default_plane.engine

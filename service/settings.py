@@ -136,12 +136,17 @@ class Settings(BaseSettings):
     explain_max_values: int = _doc(
         131_072, 'With `"explain": true`: steps (all sequences) x layers x hidden units.', ge=1
     )
-    stream_max_connections: int = _doc(256, "WebSocket stream connections per worker (close 1013 beyond).", ge=1)
+    stream_max_connections: int = _doc(
+        256,
+        "WebSocket stream connections per worker (close 1013 beyond), and as many gRPC `ModelStreamInfer` streams "
+        "(RESOURCE_EXHAUSTED beyond).",
+        ge=1,
+    )
     stream_max_streams: int = _doc(
         64, "Streams held by one WebSocket connection, given-state streams included (close 1008 beyond).", ge=1
     )
     stream_idle_s: float = _doc(
-        300.0, "Seconds without a message before a WebSocket connection is closed (1000).", gt=0
+        300.0, "Seconds without a message before a WebSocket connection is closed (1000), or a gRPC stream ended.", gt=0
     )
     host: str = _doc("127.0.0.1", "Where `python -m service` listens.")
     port: int = _doc(8000, "Its port.", ge=0, le=65535)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,20 @@ def test_typed_contents_and_lengths_through_the_protocols_own_stub(
             "INVALID_ARGUMENT",
             "Input 'x' is required",
         ),
+        (
+            lambda r: r.inputs.add(name="x", datatype="FP32", shape=[2**62, 4, 4]),
+            "INVALID_ARGUMENT",
+            "inputs.0.contents.fp32_contents: 0 values do not fill shape [4611686018427387904, 4, 4]",
+        ),
+        (
+            lambda r: r.inputs.add(name="x", datatype="FP32", shape=[2**32, 2**32, 4]).contents.fp32_contents.extend(
+                [0.0]
+            ),
+            "INVALID_ARGUMENT",
+            "do not fill shape",
+        ),
     ],
-    ids=["shape", "count", "name", "datatype", "raw-size", "not-finite", "no-inputs"],
+    ids=["shape", "count", "name", "datatype", "raw-size", "not-finite", "no-inputs", "overflow", "overflow-2"],
 )
 def test_bad_requests_get_the_right_code_and_name_the_field(
     served: tuple[str, int], build, code: str, why: str
@@ -205,3 +218,50 @@ def test_grpc_calls_are_counted(served: tuple[str, int], client: triton.Inferenc
     for status in ("200", "400"):
         grew = sample(after, "lstm_requests_total", route="grpc/ModelInfer", status=status)
         assert grew - sample(before, "lstm_requests_total", route="grpc/ModelInfer", status=status) == 1
+
+
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelMetadata", "ServerMetadata"])
+def test_a_malformed_message_is_a_clean_invalid_argument(served: tuple[str, int], method: str) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel, pytest.raises(grpc.RpcError) as failed:
+        channel.unary_unary(f"/inference.GRPCInferenceService/{method}")(b"\xff\xfe\xfd", metadata=tuple(AUTH.items()))
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Not a " in failed.value.details()
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel, pytest.raises(grpc.RpcError) as refused:
+        channel.unary_unary(f"/inference.GRPCInferenceService/{method}")(b"\xff\xfe\xfd")  # no key: refused first
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_long_name_is_cut_in_the_error(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as missing:
+        client.infer("m" * 100_000, inputs(np.zeros((1, 2, 4), np.float32)), headers=AUTH)
+    assert missing.value.status() == "StatusCode.NOT_FOUND" and len(missing.value.message()) < 300
+
+
+def test_streams_are_bounded_per_worker_and_end_when_idle(repo: Path) -> None:
+    """One worker holding at most one stream, idle for at most half a second: a second stream is refused
+    (RESOURCE_EXHAUSTED), an idle one ends, and then another may open."""
+    port = free_port()
+    env = {
+        "LSTM_WORKERS": "1",
+        "LSTM_GRPC_PORT": str(port),
+        "LSTM_STREAM_MAX_CONNECTIONS": "1",
+        "LSTM_STREAM_IDLE_S": "0.5",
+    }
+    with running_server(repo, env) as _, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        idle: queue.Queue[bytes] = queue.Queue()
+
+        def requests() -> Iterator[bytes]:
+            while (body := idle.get()) != b"":
+                yield body
+
+        first = stream(requests())
+        time.sleep(0.2)  # the first stream is open, and idle
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stream(iter([b""])))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert list(first) == []  # idle past 0.5 s: the server ended it
+        idle.put(b"")
+        request = pb.ModelInferRequest(model_name="tiny")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 1, 4]).contents.fp32_contents.extend([0.0] * 4)
+        answers = list(stream(iter([request.SerializeToString()])))  # a new stream, now that one may open
+        assert len(answers) == 1 and pb.ModelStreamInferResponse.FromString(answers[0]).infer_response.outputs

@@ -89,12 +89,17 @@ def _ws_outputs(raw: str | bytes) -> np.ndarray:
 
 
 class ServiceError(RuntimeError):
-    """What every call raises when it fails: the answer's status and detail, or ``status`` None when no answer
-    came (the connection failed, broke or timed out, after the retries)."""
+    """What every call to the service raises when it fails: the answer's status and detail, or ``status`` None
+    when no answer came (the connection failed, broke or timed out, after the retries). A call this client
+    cannot make (a URL that is not HTTP, inputs that are not finite numbers, the WebSocket transport without the
+    ``websocket`` extra) raises as Python does, before anything is sent."""
 
     def __init__(self, status: int | None, detail: str) -> None:
-        super().__init__(f"{status}: {detail}" if status is not None else detail)
+        super().__init__(status, detail)  # both in args: it pickles and copies (process pools, task queues)
         self.status, self.detail = status, detail
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.detail}" if self.status is not None else self.detail
 
 
 def _answered(answer: httpx.Response) -> httpx.Response:
@@ -148,6 +153,8 @@ class _Base:
         retries: int = 5,  # about 1.5 s of backoff without an answer: a dead replica is out of the balancer by then
         transport: Any = None,  # an httpx transport in place of the network's (tests: httpx.MockTransport)
     ) -> None:
+        if version is not None and model is None:
+            raise ValueError("version: name the model too (model=...); the default model's version is the server's")
         self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.retries = retries

@@ -155,3 +155,13 @@ def test_the_key_and_the_model_go_with_each_request() -> None:
         assert c.predict([[[1.0]]]).model == {"name": "m", "version": "2"}
     assert seen[0].url.path == "/v1/models/m/versions/2/predict"
     assert seen[0].headers["authorization"] == "Bearer k"
+
+
+def test_the_error_pickles_and_a_version_needs_its_model() -> None:
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ServiceError(409, "busy")))
+    assert (again.status, again.detail, str(again)) == (409, "busy", "409: busy")
+    assert str(ServiceError(None, "no answer: ConnectError")) == "no answer: ConnectError"
+    with pytest.raises(ValueError, match="name the model too"):
+        Client("http://lstm.invalid", version="2")

@@ -243,7 +243,7 @@ class Registry:
         if not found:
             if any(n == name for n, _ in self.unavailable):
                 raise UnknownModel(f"Model {name!r} has no version serving; the repository index says why")
-            raise UnknownModel(f"No model {name!r}; models: {', '.join(self.names())}")
+            raise UnknownModel(f"No model {name[:64]!r}; models: {', '.join(self.names())}")
         return found
 
     def _planes_of(self, name: str) -> dict[str, DataPlane]:
@@ -263,7 +263,7 @@ class Registry:
         if version is None:
             version = self.default[1] if name == self.default[0] else preferred(self._planes_of(name))
         if (name, version) not in self.planes:
-            raise UnknownModel(f"Model {name!r} has no version {version}; versions: {', '.join(versions)}")
+            raise UnknownModel(f"Model {name!r} has no version {version[:32]!r}; versions: {', '.join(versions)}")
         return self.planes[(name, version)]
 
 

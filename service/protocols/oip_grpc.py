@@ -14,6 +14,8 @@ Served on ``LSTM_GRPC_PORT`` (off unless set) by each worker of the server: the 
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import grpc
 import numpy as np
 import orjson
+from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 from tritonclient.grpc import service_pb2 as pb
 
@@ -30,8 +33,10 @@ from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, NotReady, ServiceError, UnknownModel, error
 from ..pipeline.registry import Registry
 from ..pipeline.rules import Limits
+from ..server.middleware import CLIENT_CLOSED_REQUEST as CLIENT_GONE
 from ..server.middleware import REQUEST_ID, access, authorized, new_request_id
 from ..server.shutdown import DRAINING
+from ..settings import Settings
 from . import oip
 
 SERVICE = "inference.GRPCInferenceService"
@@ -80,7 +85,7 @@ class GrpcCodec:
             shape = tuple(tensor.shape)
             if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
                 raise InvalidInput([error((*loc, "shape"), f"{list(shape)[:16]} is not a shape", "shape")])
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            count = math.prod(shape)  # Python's integers: a huge shape never wraps round to a small count
             if raw:
                 if tensor.HasField("contents"):
                     msg = "Give contents or raw_input_contents, not both"
@@ -121,10 +126,12 @@ async def _no_body() -> bytes:
 class InferenceService:
     """The service's methods; ``registry`` is looked up per call (model control swaps versions)."""
 
-    def __init__(self, state: Any, keys: list[str], version: str) -> None:
+    def __init__(self, state: Any, keys: list[str], version: str, max_streams: int, idle_s: float) -> None:
         self.state = state  # the app's state: the registry once the lifespan has loaded it
         self.keys = [k.encode() for k in keys]
         self.version = version  # the server's
+        self.max_streams, self.idle_s = max_streams, idle_s  # as for the WebSocket stream's connections
+        self.streams = 0
 
     @property
     def registry(self) -> Registry:
@@ -142,10 +149,9 @@ class InferenceService:
 
     def handlers(self) -> grpc.GenericRpcHandler:
         def unary(name: str, method: Callable[..., Awaitable[Any]], request: Any, open_: bool = False) -> Any:
+            # bytes in: parsed by the handler, after the key check, a malformed message a clean INVALID_ARGUMENT
             return grpc.unary_unary_rpc_method_handler(
-                self._call(name, method, open_),
-                request_deserializer=request.FromString,
-                response_serializer=lambda m: m.SerializeToString(),
+                self._call(name, method, request, open_), response_serializer=lambda m: m.SerializeToString()
             )
 
         methods = {
@@ -156,9 +162,7 @@ class InferenceService:
             "ModelMetadata": unary("ModelMetadata", self._model_metadata, pb.ModelMetadataRequest),
             "ModelInfer": unary("ModelInfer", self.infer, pb.ModelInferRequest),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-                self._stream,
-                request_deserializer=pb.ModelInferRequest.FromString,
-                response_serializer=lambda m: m.SerializeToString(),
+                self._stream, response_serializer=lambda m: m.SerializeToString()
             ),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
@@ -170,12 +174,12 @@ class InferenceService:
         return authorized(given if isinstance(given, str) else "", self.keys)
 
     def _call(
-        self, name: str, method: Callable[..., Awaitable[Any]], open_: bool
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        self, name: str, method: Callable[..., Awaitable[Any]], message: Any, open_: bool
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
         route = f"grpc/{name}"
 
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start, status, request_id = time.perf_counter(), 200, _request_id(context)
+        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
+            start, status, request_id = time.perf_counter(), 500, _request_id(context)
             context.set_trailing_metadata((("x-request-id", request_id),))
             try:
                 if not open_ and not self._authorized(context):
@@ -183,31 +187,59 @@ class InferenceService:
                     status = 401
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
                 try:
-                    return await method(request)
+                    answer = await method(_parsed(message, body))
+                    status = 200
+                    return answer
                 except ServiceError as exc:
-                    status, code, message = status_of(exc)
-                    await context.abort(code, message)
+                    status, code, text = status_of(exc)
+                    await context.abort(code, text)
+            except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+                status = CLIENT_GONE
+                raise
             finally:
                 _answered(route, status, start, request_id, context)
 
         return handle
 
     async def _stream(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request answered in order; an error is answered in the stream (``error_message``), which goes on."""
+        """Each request answered in order; an error is answered in the stream (``error_message``), which goes on.
+        A stream is held open at most ``idle_s`` without a request, and a worker holds at most ``max_streams``."""
+        stream_id = _request_id(context)
+        context.set_trailing_metadata((("x-request-id", stream_id),))
         if not self._authorized(context):
             metrics.REJECTED.labels("unauthorized").inc()
+            _answered("grpc/ModelStreamInfer", 401, time.perf_counter(), stream_id, context)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
-        async for request in requests:
-            start, status, request_id = time.perf_counter(), 200, new_request_id()
-            try:
-                yield pb.ModelStreamInferResponse(infer_response=await self.infer(request))
-            except ServiceError as exc:
-                status, _, message = status_of(exc)
-                yield pb.ModelStreamInferResponse(error_message=message)
-            finally:
-                _answered("grpc/ModelStreamInfer", status, start, request_id, context)
+        if self.streams >= self.max_streams:
+            metrics.REJECTED.labels("queue_full").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self.max_streams} streams per worker")
+        self.streams += 1
+        try:
+            messages = aiter(requests)
+            while True:
+                try:
+                    body = await asyncio.wait_for(anext(messages), self.idle_s)
+                except (StopAsyncIteration, TimeoutError):  # the client is done, or idle too long: the stream ends
+                    return
+                start, status, request_id = time.perf_counter(), 500, new_request_id()
+                try:
+                    response = pb.ModelStreamInferResponse(
+                        infer_response=await self.infer(_parsed(pb.ModelInferRequest, body))
+                    )
+                    status = 200
+                    yield response
+                except ServiceError as exc:
+                    status, _, text = status_of(exc)
+                    yield pb.ModelStreamInferResponse(error_message=text)
+                except asyncio.CancelledError:
+                    status = CLIENT_GONE
+                    raise
+                finally:
+                    _answered("grpc/ModelStreamInfer", status, start, request_id, context)
+        finally:
+            self.streams -= 1
 
     async def _live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -236,6 +268,13 @@ class InferenceService:
         return response
 
 
+def _parsed(message: Any, body: bytes) -> Any:
+    try:
+        return message.FromString(body)
+    except DecodeError:
+        raise InvalidInput([error(("body",), f"Not a {message.__name__} message", "protobuf")]) from None
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     given = dict(context.invocation_metadata() or ()).get("x-request-id")
     return given if isinstance(given, str) and REQUEST_ID.fullmatch(given) else new_request_id()
@@ -254,19 +293,18 @@ def _answered(route: str, status: int, start: float, request_id: str, context: g
     )
 
 
-async def serve(
-    state: Any, host: str, port: int, keys: list[str], max_message_bytes: int, version: str
-) -> grpc.aio.Server:
-    """Start the gRPC server of this worker (``SO_REUSEPORT``: every worker listens on the same port)."""
+async def serve(state: Any, s: Settings, version: str) -> grpc.aio.Server:
+    """Start the gRPC server of this worker on ``LSTM_GRPC_PORT`` (``SO_REUSEPORT``: every worker listens on it)."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
-            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_body_bytes),
             ("grpc.max_send_message_length", -1),
         ]
     )
-    server.add_generic_rpc_handlers((InferenceService(state, keys, version).handlers(),))
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"gRPC cannot listen on {host}:{port}")
+    service = InferenceService(state, s.api_keys, version, s.stream_max_connections, s.stream_idle_s)
+    server.add_generic_rpc_handlers((service.handlers(),))
+    if server.add_insecure_port(f"{s.host}:{s.grpc_port}") == 0:
+        raise OSError(f"gRPC cannot listen on {s.host}:{s.grpc_port}")
     await server.start()
     return server
