@@ -45,13 +45,18 @@ test: $(VENV)/.dev-deps store-server client-test
 	$(BIN)/python -m pytest
 
 # The client on its own: one pip install from the repository into a virtual environment without the server,
-# then its own tests there (client/tests).
-CLIENT_VENV := $(VENV)-client
-client-test:
+# then its own tests there (client/tests), against the installed package.
+CLIENT_VENV := $(abspath $(VENV))-client
+client-test: $(CLIENT_VENV)/.installed
+	cd client && $(CLIENT_VENV)/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("service") is not None)'  # no server here
+	cd client/tests && $(CLIENT_VENV)/bin/pytest -q -c ../pyproject.toml
+
+$(CLIENT_VENV)/.installed: client/pyproject.toml $(wildcard client/lstm_client/*)
 	[ -x $(CLIENT_VENV)/bin/python ] || $(PYTHON) -m venv $(CLIENT_VENV)
+	rm -rf client/build
+	$(CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./client
 	$(CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check './client[test]'
-	cd client && ! ../$(CLIENT_VENV)/bin/python -c 'import service' 2>/dev/null  # the server is not there
-	cd client/tests && ../../$(CLIENT_VENV)/bin/pytest -q -c ../pyproject.toml  # the installed client, not ./
+	touch $@
 
 store-server:
 	@command -v valkey-server >/dev/null || command -v redis-server >/dev/null || \

@@ -1,7 +1,8 @@
 """``python -m service``: serve the configured model with uvicorn (settings from LSTM_* variables).
 
 Before any worker starts, every model is loaded once: a missing, unreadable or corrupt model, or one
-whose inputs are not what the service drives, stops start-up with one error line and exit code 2.
+whose inputs are not what the service drives, stops start-up with one error line and exit code 2; so does a
+gRPC port (``LSTM_GRPC_PORT``) another process holds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from types import FrameType
@@ -35,6 +37,15 @@ def preflight() -> None:
     from .model.engine import Engine
 
     s = get_settings()
+    if s.grpc_port is not None:
+        # The workers open it with SO_REUSEPORT, which would share it with any other server of this user: a
+        # port already taken is refused here, once, instead.
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((s.host, s.grpc_port))
+            except OSError as e:
+                raise OSError(f"LSTM_GRPC_PORT {s.grpc_port} on {s.host}: {e.strerror or e}") from None
     repository.resolve(s.model_repository, s.model_name, s.model_version)  # the default model exists
     # auto cannot fail on the provider: check every model on the CPU, leaving the GPU to the workers.
     provider = "cpu" if s.provider == "auto" else s.provider
@@ -49,7 +60,7 @@ def main() -> int:
     logging.config.dictConfig(config)
     try:
         preflight()
-    except ModelLoadError as e:
+    except (ModelLoadError, OSError) as e:
         log.error("cannot serve: %s", e)
         return STARTUP_FAILURE
     if s.metrics and (s.workers or 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,28 +83,27 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = s
-        control = await run_in_threadpool(ModelControl.create, s)
-        registry = control.registry
-        registry.start()
-        control.start()
-        app.state.registry = registry
-        app.state.control = control
-        app.state.stream_connections = Connections(s.stream_max_connections)
-        grpc_server = None
-        if s.grpc_port is not None:
-            grpc_server = await oip_grpc.serve(app.state, s, app.version)
-        app.state.ready = True
-        watch_for_stop()
-        engine = registry.default_plane.engine
-        log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
-        try:
-            yield
-        finally:
-            app.state.ready = False
-            if grpc_server is not None:
-                await grpc_server.stop(grace=s.request_timeout_s)  # calls in progress may finish
-            await control.stop()
-            await registry.close()
+        async with contextlib.AsyncExitStack() as stack:  # what started is stopped, whatever fails after it
+            control = await run_in_threadpool(ModelControl.create, s)
+            registry = control.registry
+            stack.push_async_callback(registry.close)
+            registry.start()
+            control.start()
+            stack.push_async_callback(control.stop)
+            app.state.registry = registry
+            app.state.control = control
+            app.state.stream_connections = Connections(s.stream_max_connections)
+            if s.grpc_port is not None:
+                grpc_server = await oip_grpc.GrpcServer.start(app.state, registry, s, app.version)
+                stack.push_async_callback(grpc_server.close)
+            app.state.ready = True
+            watch_for_stop()
+            engine = registry.default_plane.engine
+            log.info("ready: %s v%s on %s (%s)", engine.spec.name, engine.spec.version, engine.device, engine.provider)
+            try:
+                yield
+            finally:
+                app.state.ready = False
 
     app = ServiceApp(
         title="LSTM inference service",

@@ -25,7 +25,11 @@ ROUTES = frozenset(
     {"/predict", "/model", "/health/live", "/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"}
 )
 
-REQUESTS = Counter("lstm_requests_total", "HTTP requests answered, by route and status.", ["route", "status"])
+REQUESTS = Counter(
+    "lstm_requests_total",
+    "Requests answered (HTTP, and gRPC as grpc/<method>), by route and status.",
+    ["route", "status"],
+)
 LATENCY = Histogram(
     "lstm_request_duration_seconds", "Time from request to answer, by route.", ["route"], buckets=LATENCY_BUCKETS
 )

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from .conftest import free_port, running_server, windows
+from .conftest import ROOT, free_port, running_server, windows
 from .test_observability import sample
 
 KEY = "grpc-key"
@@ -265,3 +269,21 @@ def test_streams_are_bounded_per_worker_and_end_when_idle(repo: Path) -> None:
         request.inputs.add(name="x", datatype="FP32", shape=[1, 1, 4]).contents.fp32_contents.extend([0.0] * 4)
         answers = list(stream(iter([request.SerializeToString()])))  # a new stream, now that one may open
         assert len(answers) == 1 and pb.ModelStreamInferResponse.FromString(answers[0]).infer_response.outputs
+
+
+def test_a_grpc_port_already_taken_stops_start_up(repo: Path, tmp_path: Path) -> None:
+    """SO_REUSEPORT would share a port with another server of the same user: a taken port is refused at start."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {
+            **os.environ,
+            "LSTM_MODEL_REPOSITORY": str(repo),
+            "LSTM_PROVIDER": "cpu",
+            "LSTM_GRPC_PORT": str(port),
+            "LSTM_PORT": str(free_port()),
+        }
+        done = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 2
+    assert f"LSTM_GRPC_PORT {port}" in done.stderr.decode()

@@ -14,9 +14,10 @@ from lstm_client import AsyncClient, Client, ServiceError
 
 
 def test_it_is_a_package_of_its_own() -> None:
-    assert lstm_client.__version__ == "0.1.0"
+    from importlib.metadata import version
     from importlib.resources import files
 
+    assert lstm_client.__version__ == version("lstm-client")  # the package's version is the module's
     assert files("lstm_client").joinpath("py.typed").is_file()  # typed, for the user's mypy
 
 

@@ -137,18 +137,21 @@ class DataPlane:
         if not self.active:
             self.drained.set()
 
-    async def serve(self, codec: Codec[A], read: Callable[[], Awaitable[bytes]], pinned: bool = False) -> A:
+    async def serve(
+        self, codec: Codec[A], read: Callable[[], Awaitable[bytes]], pinned: bool = False, size: int | None = None
+    ) -> A:
         """Admit, then read, decode, infer and encode within the deadline. ``pinned``: the request named this
-        version (else a chunk of a server-held sequence goes on with the version of its model it started on)."""
+        version (else a chunk of a server-held sequence goes on with the version of its model it started on).
+        ``size``: the request's bytes, where the codec holds them already (gRPC) and ``read`` gives none."""
         self.admission.enter()
         self.active += 1
-        size, start, answered = 0, time.perf_counter(), False
+        start, answered, measured = time.perf_counter(), False, 0
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read()
-                size = len(body)
+                measured = len(body) if size is None else size
                 spec = self.engine.spec
-                if len(body) <= INLINE_DECODE_BYTES:
+                if measured <= INLINE_DECODE_BYTES:
                     call = codec.decode(body, spec, self.limits)
                 else:
                     call = await run_in_threadpool(codec.decode, body, spec, self.limits)
@@ -174,7 +177,7 @@ class DataPlane:
             if not answered:
                 self._served[0].inc()
             self._served[1].observe(time.perf_counter() - start)
-            if size > memory.LARGE_BODY_BYTES:
+            if measured > memory.LARGE_BODY_BYTES:
                 memory.trim()
 
     async def _in_sequence(self, call: Call[Any], pinned: bool) -> tuple[Outcome, ModelSpec]:

@@ -30,12 +30,16 @@ from ..pipeline.sequences import SequenceRef, chunk_number, sequence_id
 
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data", "sequence", "model_repository"]  # of the protocol, announced in its metadata
+# The input datatypes taken: their numpy type, and the field of gRPC's InferTensorContents that holds them.
 DATATYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
     "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"),
 }
+CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT64": "int64_contents"}
+assert CONTENTS.keys() == DATATYPES.keys()
+MAX_DIMS = 8  # of a tensor's shape
 PLACES = rules.Places(x=("x",), h0=("h0",), c0=("c0",))
 Size = Annotated[StrictInt, Field(ge=0)]
 
@@ -73,7 +77,7 @@ class OutputParameters(_Parameters):
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: StrictStr = Field(description="One of the model's inputs: x, h0, c0, lengths.")
-    shape: list[Size] = Field(max_length=8)
+    shape: list[Size] = Field(max_length=MAX_DIMS)
     datatype: StrictStr = Field(description=f"One of {', '.join(DATATYPES)}.")
     parameters: InputParameters | None = None
     data: Any = Field(
@@ -246,7 +250,7 @@ class OipCodec:
             msg = f"{len(binary) - offset} bytes of binary data after the last tensor"
             raise InvalidInput([error(("body",), msg, "binary_size")])
         outputs, wanted_binary = _requested_outputs(req)
-        return call_of(arrays, req.parameters, Answer(outputs, wanted_binary, req.id, 0), spec, limits)
+        return call_of(arrays, req.parameters, (outputs, wanted_binary, req.id), spec, limits)
 
     def _split(self, body: bytes) -> tuple[bytes, bytes]:
         n = self.header_length
@@ -313,11 +317,16 @@ def input_dtype(name: str, datatype: str, loc: Loc, arrays: dict[str, np.ndarray
 
 
 def call_of(
-    arrays: dict[str, np.ndarray], parameters: RequestParameters | None, answer: Answer, spec: ModelSpec, limits: Limits
+    arrays: dict[str, np.ndarray],
+    parameters: RequestParameters | None,
+    outputs: tuple[list[str], set[str], str | None],
+    spec: ModelSpec,
+    limits: Limits,
 ) -> Call[Answer]:
-    """The input tensors and the request's parameters as the pipeline's call (every rule checked)."""
+    """The input tensors, the request's parameters and its outputs (names, which binary, its id) as the
+    pipeline's call (every rule checked)."""
     batch = _batch(arrays, spec, limits)
-    answer.steps = arrays["x"].shape[1]
+    answer = Answer(*outputs, arrays["x"].shape[1])
     ref = _sequence(parameters)
     if ref is not None:
         rules.sequence_batch(batch, ref, "h0" in arrays, PLACES)

@@ -15,6 +15,8 @@ Served on ``LSTM_GRPC_PORT`` (off unless set) by each worker of the server: the 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,17 +32,17 @@ from tritonclient.grpc import service_pb2 as pb
 from .. import metrics
 from ..model.contract import ModelSpec
 from ..pipeline.dataplane import Call, Outcome
-from ..pipeline.errors import InvalidInput, NotReady, ServiceError, UnknownModel, error
+from ..pipeline.errors import InvalidInput, ServiceError, UnknownModel, error
 from ..pipeline.registry import Registry
 from ..pipeline.rules import Limits
 from ..server.middleware import CLIENT_CLOSED_REQUEST as CLIENT_GONE
 from ..server.middleware import REQUEST_ID, access, authorized, new_request_id
-from ..server.shutdown import DRAINING
+from ..server.shutdown import DRAINING, is_ready
 from ..settings import Settings
 from . import oip
 
+log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
-MAX_DIMS = 8
 # The pipeline's statuses as gRPC codes, once (the HTTP status each error stands for: pipeline.errors).
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -55,7 +57,6 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT64": "int64_contents"}
 
 
 def status_of(exc: ServiceError) -> tuple[int, grpc.StatusCode, str]:
@@ -83,7 +84,7 @@ class GrpcCodec:
             loc: tuple[str | int, ...] = ("inputs", i)
             dtype = oip.input_dtype(tensor.name, tensor.datatype, loc, arrays)
             shape = tuple(tensor.shape)
-            if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+            if len(shape) > oip.MAX_DIMS or any(d < 0 for d in shape):
                 raise InvalidInput([error((*loc, "shape"), f"{list(shape)[:16]} is not a shape", "shape")])
             count = math.prod(shape)  # Python's integers: a huge shape never wraps round to a small count
             if raw:
@@ -95,11 +96,12 @@ class GrpcCodec:
                     raise InvalidInput([error(("raw_input_contents", i), msg, "raw_contents")])
                 array = np.frombuffer(raw[i], dtype=dtype).reshape(shape)
             else:
-                values = getattr(tensor.contents, CONTENTS[tensor.datatype])
+                field = oip.CONTENTS[tensor.datatype]
+                values = getattr(tensor.contents, field)
                 if len(values) != count:
                     msg = f"{len(values)} values do not fill shape {list(shape)}"
-                    raise InvalidInput([error((*loc, "contents", CONTENTS[tensor.datatype]), msg, "contents")])
-                array = np.asarray(values, dtype=dtype).reshape(shape)
+                    raise InvalidInput([error((*loc, "contents", field), msg, "contents")])
+                array = np.fromiter(values, dtype=dtype, count=count).reshape(shape)
             arrays[tensor.name] = array
         outputs = oip.requested_outputs([o.name for o in req.outputs])
         try:
@@ -108,7 +110,7 @@ class GrpcCodec:
             )
         except ValidationError as e:
             raise oip.invalid(e, ("parameters",)) from None
-        return oip.call_of(arrays, parameters, oip.Answer(outputs, set(), req.id or None, 0), spec, limits)
+        return oip.call_of(arrays, parameters, (outputs, set(), req.id or None), spec, limits)
 
     def encode(self, call: Call[oip.Answer], outcome: Outcome, spec: ModelSpec) -> pb.ModelInferResponse:
         assert call.context is not None
@@ -126,25 +128,21 @@ async def _no_body() -> bytes:
 class InferenceService:
     """The service's methods; ``registry`` is looked up per call (model control swaps versions)."""
 
-    def __init__(self, state: Any, keys: list[str], version: str, max_streams: int, idle_s: float) -> None:
-        self.state = state  # the app's state: the registry once the lifespan has loaded it
+    def __init__(
+        self, state: Any, registry: Registry, keys: list[str], version: str, max_streams: int, idle_s: float
+    ) -> None:
+        self.state = state  # the app's: its readiness
+        self.registry = registry  # model control changes what it serves, in place
         self.keys = [k.encode() for k in keys]
         self.version = version  # the server's
         self.max_streams, self.idle_s = max_streams, idle_s  # as for the WebSocket stream's connections
         self.streams = 0
 
-    @property
-    def registry(self) -> Registry:
-        registry: Registry | None = getattr(self.state, "registry", None)
-        if registry is None:
-            raise NotReady
-        return registry
-
-    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def infer(self, body: bytes) -> pb.ModelInferResponse:
+        request = _parsed(pb.ModelInferRequest, body)
         plane = self.registry.get(request.model_name, request.model_version or None)
-        response: pb.ModelInferResponse = await plane.serve(
-            GrpcCodec(request), _no_body, pinned=bool(request.model_version)
-        )
+        codec = GrpcCodec(request)
+        response: pb.ModelInferResponse = await plane.serve(codec, _no_body, bool(request.model_version), len(body))
         return response
 
     def handlers(self) -> grpc.GenericRpcHandler:
@@ -160,7 +158,7 @@ class InferenceService:
             "ModelReady": unary("ModelReady", self._model_ready, pb.ModelReadyRequest),
             "ServerMetadata": unary("ServerMetadata", self._server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": unary("ModelMetadata", self._model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": unary("ModelInfer", self.infer, pb.ModelInferRequest),
+            "ModelInfer": unary("ModelInfer", self.infer, None),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self._stream, response_serializer=lambda m: m.SerializeToString()
             ),
@@ -187,12 +185,15 @@ class InferenceService:
                     status = 401
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
                 try:
-                    answer = await method(_parsed(message, body))
+                    answer = await method(body if message is None else _parsed(message, body))
                     status = 200
                     return answer
                 except ServiceError as exc:
                     status, code, text = status_of(exc)
                     await context.abort(code, text)
+                except Exception:  # a fault of the server's: logged here, told apart from the client's
+                    log.exception("%s failed", route)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed
                 status = CLIENT_GONE
                 raise
@@ -214,30 +215,33 @@ class InferenceService:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
         if self.streams >= self.max_streams:
             metrics.REJECTED.labels("queue_full").inc()
+            _answered("grpc/ModelStreamInfer", 429, time.perf_counter(), stream_id, context)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self.max_streams} streams per worker")
         self.streams += 1
         try:
             messages = aiter(requests)
-            while True:
+            for n in itertools.count():
                 try:
-                    body = await asyncio.wait_for(anext(messages), self.idle_s)
+                    async with asyncio.timeout(self.idle_s):
+                        body = await anext(messages)
                 except (StopAsyncIteration, TimeoutError):  # the client is done, or idle too long: the stream ends
                     return
-                start, status, request_id = time.perf_counter(), 500, new_request_id()
+                start, status, request_id = time.perf_counter(), 500, f"{stream_id}-{n}"
                 try:
-                    response = pb.ModelStreamInferResponse(
-                        infer_response=await self.infer(_parsed(pb.ModelInferRequest, body))
-                    )
+                    response = pb.ModelStreamInferResponse(infer_response=await self.infer(body))
                     status = 200
-                    yield response
                 except ServiceError as exc:
                     status, _, text = status_of(exc)
-                    yield pb.ModelStreamInferResponse(error_message=text)
+                    response = pb.ModelStreamInferResponse(error_message=text, infer_response=_echo(body))
                 except asyncio.CancelledError:
                     status = CLIENT_GONE
                     raise
+                except Exception:  # a fault of the server's: answered in the stream, which goes on
+                    log.exception("grpc/ModelStreamInfer failed")
+                    response = pb.ModelStreamInferResponse(error_message="internal error", infer_response=_echo(body))
                 finally:
                     _answered("grpc/ModelStreamInfer", status, start, request_id, context)
+                yield response
         finally:
             self.streams -= 1
 
@@ -245,14 +249,14 @@ class InferenceService:
         return pb.ServerLiveResponse(live=True)
 
     async def _ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=getattr(self.state, "registry", None) is not None and not DRAINING.is_set())
+        return pb.ServerReadyResponse(ready=is_ready(self.state))
 
     async def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         try:
             self.registry.get(request.name, request.version or None)
         except UnknownModel:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not DRAINING.is_set())
+        return pb.ModelReadyResponse(ready=is_ready(self.state))
 
     async def _server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="lstm-service", version=self.version, extensions=oip.EXTENSIONS)
@@ -266,6 +270,17 @@ class InferenceService:
             for t in meta[kind]:
                 getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return response
+
+
+def _echo(body: bytes) -> pb.ModelInferResponse:
+    """What identifies a request that failed in a stream: its model, version and id, where they parse."""
+    try:
+        request = pb.ModelInferRequest.FromString(body)
+    except DecodeError:
+        return pb.ModelInferResponse()
+    return pb.ModelInferResponse(
+        model_name=request.model_name[:256], model_version=request.model_version[:64], id=request.id[:256]
+    )
 
 
 def _parsed(message: Any, body: bytes) -> Any:
@@ -293,18 +308,43 @@ def _answered(route: str, status: int, start: float, request_id: str, context: g
     )
 
 
-async def serve(state: Any, s: Settings, version: str) -> grpc.aio.Server:
-    """Start the gRPC server of this worker on ``LSTM_GRPC_PORT`` (``SO_REUSEPORT``: every worker listens on it)."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 1),
-            ("grpc.max_receive_message_length", s.max_body_bytes),
-            ("grpc.max_send_message_length", -1),
-        ]
-    )
-    service = InferenceService(state, s.api_keys, version, s.stream_max_connections, s.stream_idle_s)
-    server.add_generic_rpc_handlers((service.handlers(),))
-    if server.add_insecure_port(f"{s.host}:{s.grpc_port}") == 0:
-        raise OSError(f"gRPC cannot listen on {s.host}:{s.grpc_port}")
-    await server.start()
-    return server
+def address(host: str, port: int) -> str:
+    """host:port as gRPC writes it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcServer:
+    """This worker's gRPC server on ``LSTM_GRPC_PORT`` (``SO_REUSEPORT``: every worker listens on it). On a stop
+    signal it stops taking calls at once, beside HTTP's drain, and lets those in progress finish."""
+
+    def __init__(self, server: grpc.aio.Server, grace_s: float) -> None:
+        self.server, self.grace_s = server, grace_s
+        self._drain = asyncio.get_running_loop().create_task(self._stop_on_signal())
+
+    @classmethod
+    async def start(cls, state: Any, registry: Registry, s: Settings, version: str) -> GrpcServer:
+        assert s.grpc_port is not None
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", s.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        service = InferenceService(state, registry, s.api_keys, version, s.stream_max_connections, s.stream_idle_s)
+        server.add_generic_rpc_handlers((service.handlers(),))
+        server.add_insecure_port(address(s.host, s.grpc_port))  # raises where it cannot listen
+        await server.start()
+        return cls(server, s.request_timeout_s)
+
+    async def _stop_on_signal(self) -> None:
+        while not DRAINING.is_set():
+            await asyncio.sleep(0.1)
+        await self.server.stop(grace=self.grace_s)
+
+    async def close(self) -> None:
+        if DRAINING.is_set():
+            await self._drain  # stopping already, since the signal
+            return
+        self._drain.cancel()
+        await self.server.stop(grace=self.grace_s)
