@@ -249,11 +249,16 @@ def wrk(
             SHAPE_S=f"[{meta['num_layers']},1,{meta['hidden_size']}]",
         )
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / script), url]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    return figures(cmd, "WRK_JSON ", seconds, env=env)
+
+
+def figures(cmd: list[str], tag: str, seconds: int, **run: Any) -> dict[str, Any]:
+    """Run a load generator; its one line of figures (after ``tag``), with the requests per second."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, **run)
+    line = next((x for x in out.stdout.splitlines() if x.startswith(tag)), None)
     if line is None:
-        raise RuntimeError(f"wrk gave no figures: {out.stdout}\n{out.stderr}")
-    r: dict[str, Any] = json.loads(line[len("WRK_JSON ") :])
+        raise RuntimeError(f"{cmd[0]} gave no figures: {out.stdout}\n{out.stderr}")
+    r: dict[str, Any] = json.loads(line[len(tag) :])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     return r
 
@@ -265,13 +270,7 @@ def load(
     if workload.endswith("grpc"):
         cmd = [PY, "-m", "bench.grpc_load", "--target", GRPC_TARGETS[url], "--body", str(files[workload])]
         cmd += ["--conns", str(conns), "--seconds", str(seconds)]
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("GRPC_JSON ")), None)
-        if line is None:
-            raise RuntimeError(f"bench.grpc_load gave no figures: {out.stdout}\n{out.stderr}")
-        r: dict[str, Any] = json.loads(line[len("GRPC_JSON ") :])
-        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-        return r
+        return figures(cmd, "GRPC_JSON ", seconds, cwd=ROOT)
     if workload != "W3ws":
         return wrk(url, workload, conns, seconds, files, meta)
     chunks = files["W3"].read_bytes().splitlines()
