@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import socket
@@ -287,3 +288,65 @@ def test_a_grpc_port_already_taken_stops_start_up(repo: Path, tmp_path: Path) ->
         done = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, timeout=120)
     assert done.returncode == 2
     assert f"LSTM_GRPC_PORT {port}" in done.stderr.decode()
+
+
+def test_every_worker_serves_grpc(served: tuple[str, int]) -> None:
+    """The workers share the port: fresh channels (one connection each) reach both, told apart by the request
+    id's per-process prefix in the trailing metadata. 20 channels all on one worker: about 1 in 500,000."""
+    workers = set()
+    for _ in range(20):
+        with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            _, call = stub.ServerLive.with_call(pb.ServerLiveRequest())
+            request_id = dict(call.trailing_metadata())["x-request-id"]
+            workers.add(request_id[:20])
+    assert len(workers) == 2
+
+
+def test_a_chunk_out_of_order_is_aborted_without_retry_after(
+    served: tuple[str, int], client: triton.InferenceServerClient
+) -> None:
+    """A chunk out of order (409 over HTTP, no Retry-After: trying again will not help) is ABORTED, naming it."""
+    x = np.zeros((1, 2, 4), np.float32)
+    client.infer("tiny", inputs(x), sequence_id="busy-1", sequence_start=True, headers=AUTH)
+    request = pb.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 2, 4]).contents.fp32_contents.extend([0.0] * 8)
+    request.parameters["sequence_id"].string_param = "busy-1"
+    request.parameters["sequence_chunk"].int64_param = 5  # out of order: a 409 without Retry-After
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel, pytest.raises(grpc.RpcError) as refused:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=tuple(AUTH.items()))
+    assert refused.value.code() == grpc.StatusCode.ABORTED and "sequence_chunk" in refused.value.details()
+    assert "retry-after" not in dict(refused.value.trailing_metadata())
+
+
+def test_an_error_that_says_when_to_retry_says_it_over_grpc_too() -> None:
+    """Overloaded (503 with Retry-After over HTTP): UNAVAILABLE, with retry-after in the trailing metadata."""
+    from service.pipeline.errors import Overloaded
+    from service.protocols.oip_grpc import InferenceService
+
+    class Context:
+        trailer: tuple[tuple[str, str], ...] = ()
+        aborted: tuple[grpc.StatusCode, str] | None = None
+
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+        def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+            self.trailer = metadata
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.aborted = (code, details)
+            raise RuntimeError("aborted")  # grpc.aio raises too: the call ends here
+
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+    async def full(body: bytes) -> None:
+        raise Overloaded("256 requests are in progress")
+
+    service = InferenceService(object(), None, [], "0", 1, 1.0)  # type: ignore[arg-type]
+    context = Context()
+    with pytest.raises(RuntimeError, match="aborted"):
+        asyncio.run(service._call("ModelInfer", full, None, False)(b"", context))  # type: ignore[arg-type]
+    assert context.aborted == (grpc.StatusCode.UNAVAILABLE, "256 requests are in progress")
+    assert dict(context.trailer)["retry-after"] == "1"

@@ -190,6 +190,9 @@ class InferenceService:
                     return answer
                 except ServiceError as exc:
                     status, code, text = status_of(exc)
+                    if "Retry-After" in exc.headers:  # as over HTTP: when trying again may succeed
+                        trailer = (("x-request-id", request_id), ("retry-after", exc.headers["Retry-After"]))
+                        context.set_trailing_metadata(trailer)
                     await context.abort(code, text)
                 except Exception:  # a fault of the server's: logged here, told apart from the client's
                     log.exception("%s failed", route)
