@@ -126,7 +126,7 @@ async def _no_body() -> bytes:
 
 
 class InferenceService:
-    """The service's methods; ``registry`` is looked up per call (model control swaps versions)."""
+    """The service's methods, over the registry that serves (model control swaps its versions in place)."""
 
     def __init__(
         self, state: Any, registry: Registry, keys: list[str], version: str, max_streams: int, idle_s: float
