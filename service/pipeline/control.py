@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +118,7 @@ class ModelControl:
         self._explicit("load")
         if not await run_in_threadpool(_in_repository, self.registry.root, name):
             raise UnknownModel(f"No model {name!r} in the repository to load")
-        async with self._lock:
-            change = await self._load(name)
-            recorded = await self._record(name, "load")
-        if recorded is not None:
-            await self._others(name, "load", *recorded)
+        change: Change = await self._on_request(name, "load", self._load)
         return change
 
     async def unload(self, name: str) -> None:
@@ -129,11 +126,16 @@ class ModelControl:
         self._explicit("unload")
         if not any(n == name for n, _, _ in self.registry.index()):
             raise UnknownModel(f"No model {name!r} to unload; models: {', '.join(self.registry.names())}")
+        await self._on_request(name, "unload", self._unload)
+
+    async def _on_request(self, name: str, action: str, apply: Callable[[str], Awaitable[Any]]) -> Any:
+        """Apply a change here and write it to the journal (one change at a time), then wait for the others."""
         async with self._lock:
-            await self._unload(name)
-            recorded = await self._record(name, "unload")
+            result = await apply(name)
+            recorded = await self._record(name, action)
         if recorded is not None:
-            await self._others(name, "unload", *recorded)
+            await self._others(name, action, *recorded)
+        return result
 
     async def _record(self, name: str, action: str) -> tuple[str, int] | None:
         """Write the change this worker applied to the journal; its epoch and number (None: one worker)."""

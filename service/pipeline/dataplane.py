@@ -10,7 +10,6 @@ and the explanation path. Knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -61,8 +60,8 @@ class Codec(Protocol[A]):
     def encode(self, call: Call[Any], outcome: Outcome, spec: ModelSpec) -> A: ...
 
 
-class _Unknown(Exception):
-    """Another version does not hold the sequence either."""
+def _unknown_sequence(e: InvalidInput) -> bool:
+    return bool(e.errors) and e.errors[0]["type"] == "sequence_unknown"
 
 
 @dataclass
@@ -144,7 +143,7 @@ class DataPlane:
         version (else a chunk of a server-held sequence goes on with the version of its model it started on).
         ``size``: the request's bytes, where the codec holds them already (gRPC) and ``read`` gives none."""
         self.admission.enter()
-        self.active += 1
+        self._enter()
         start, answered, measured = time.perf_counter(), False, 0
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -171,9 +170,7 @@ class DataPlane:
             raise e.with_traceback(None) from None
         finally:
             self.admission.leave()
-            self.active -= 1
-            if self.retired and not self.active:
-                self.drained.set()
+            self._leave()
             if not answered:
                 self._served[0].inc()
             self._served[1].observe(time.perf_counter() - start)
@@ -190,36 +187,40 @@ class DataPlane:
         try:
             return await self.sequences.run(call, self.engine.spec, self.infer), self.engine.spec
         except InvalidInput as e:
-            if not (e.errors and e.errors[0]["type"] == "sequence_unknown"):
+            if not _unknown_sequence(e):
                 raise
             if not pinned and not call.sequence.start:
+                dims = self.engine.spec.graph()
                 for other in self.family:  # started before this version became the model's default
-                    if (
-                        other is not self
-                        and not other.retired
-                        and other.engine.spec.graph() == self.engine.spec.graph()
-                    ):
-                        with contextlib.suppress(_Unknown):
-                            return await other._continue(call)
+                    if other is not self and not other.retired and other.engine.spec.graph() == dims:
+                        found = await other._continue(call)
+                        if found is not None:
+                            return found
             if self.replaced and time.monotonic() < self.replaced_until:
                 # A sequence stays with the weights it started on: those weights' sequences ended with them.
                 e.errors[0]["msg"] += f" (a sequence started on {self.replaced} ended with it)"
             raise
 
-    async def _continue(self, call: Call[Any]) -> tuple[Outcome, ModelSpec]:
-        """A chunk of a sequence this version may hold (``_Unknown`` if it does not), counted as its own work."""
+    async def _continue(self, call: Call[Any]) -> tuple[Outcome, ModelSpec] | None:
+        """A chunk of a sequence this version may hold (None if it does not), counted as its own work."""
         assert self.sequences is not None
-        self.active += 1
+        self._enter()
         try:
             return await self.sequences.run(call, self.engine.spec, self.infer), self.engine.spec
         except InvalidInput as e:
-            if e.errors and e.errors[0]["type"] == "sequence_unknown":
-                raise _Unknown from None
+            if _unknown_sequence(e):
+                return None
             raise
         finally:
-            self.active -= 1
-            if self.retired and not self.active:
-                self.drained.set()
+            self._leave()
+
+    def _enter(self) -> None:
+        self.active += 1
+
+    def _leave(self) -> None:
+        self.active -= 1
+        if self.retired and not self.active:
+            self.drained.set()
 
     def _idle(self) -> bool:
         return self.admission.admitted == 1 and (self.batcher is None or self.batcher.depth == 0)

@@ -51,6 +51,11 @@ class State:
             },
         )
 
+    def add(self, name: str, action: str) -> None:
+        """One change more, numbered after the last."""
+        self.last += 1
+        self.models[name] = (self.last, action)
+
     def dump(self) -> str:
         workers = {str(pid): {"seen": a.seen, "failed": a.failed} for pid, a in self.workers.items()}
         return json.dumps({"epoch": self.epoch, "last": self.last, "models": self.models, "workers": workers})
@@ -79,11 +84,7 @@ class Journal:
         """Write one change; returns the journal after it. If the file is missing or damaged, the new epoch
         starts with ``carry`` (the last action this worker applied to each model), then the change."""
 
-        def change(state: State) -> None:
-            state.last += 1
-            state.models[name] = (state.last, action)
-
-        return self._update(change, carry)
+        return self._update(lambda state: state.add(name, action), carry)
 
     def join(self, pid: int, carry: dict[str, str]) -> State:
         """Say that worker ``pid`` is there, having applied nothing of this journal yet, so that a load waits for
@@ -112,8 +113,7 @@ class Journal:
             if not state.epoch:  # a new journal: what the worker making it has applied comes first
                 state = State(epoch=os.urandom(8).hex())
                 for name, action in sorted((carry or {}).items()):
-                    state.last += 1
-                    state.models[name] = (state.last, action)
+                    state.add(name, action)
             change(state)
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             temporary.write_text(state.dump())

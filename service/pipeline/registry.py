@@ -73,6 +73,7 @@ class Registry:
     # versions in the repository that do not serve, and why: the model repository extension's index lists them
     unavailable: dict[tuple[str, str], str] = field(default_factory=dict)
     stamps: dict[tuple[str, str], repository.Stamp] = field(default_factory=dict)
+    serving: dict[str, str] = field(default_factory=dict)  # name -> the version its unversioned routes serve
     _retiring: set[DataPlane] = field(default_factory=set)  # stopped serving, still answering what they admitted
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -166,8 +167,12 @@ class Registry:
         self.unavailable = {k: w for k, w in self.unavailable.items() if k[0] != name} | {
             (name, v): w for v, w in change.unavailable.items()
         }
-        if name == self.default[0] and self.pinned is None and change.planes:
-            self.default = (name, preferred(change.planes))
+        if change.planes:
+            self.serving[name] = preferred(change.planes)
+            if name == self.default[0] and self.pinned is None:
+                self.default = (name, self.serving[name])
+        else:
+            self.serving.pop(name, None)
         family = [change.planes[v] for v in sorted(change.planes, key=int, reverse=True)]
         for plane in change.planes.values():
             plane.family = family
@@ -246,9 +251,6 @@ class Registry:
             raise UnknownModel(f"No model {name[:64]!r}; models: {', '.join(self.names())}")
         return found
 
-    def _planes_of(self, name: str) -> dict[str, DataPlane]:
-        return {v: p for (n, v), p in self.planes.items() if n == name}
-
     def names(self) -> list[str]:
         return sorted({n for n, _ in self.planes})
 
@@ -259,12 +261,13 @@ class Registry:
 
     def get(self, name: str, version: str | None = None) -> DataPlane:
         """A model's request path: the pinned version for the default model, else the latest, unless asked."""
-        versions = self.versions(name)
         if version is None:
-            version = self.default[1] if name == self.default[0] else preferred(self._planes_of(name))
-        if (name, version) not in self.planes:
+            version = self.default[1] if name == self.default[0] else self.serving.get(name, "")
+        plane = self.planes.get((name, version))
+        if plane is None:
+            versions = self.versions(name)  # UnknownModel if none serves
             raise UnknownModel(f"Model {name!r} has no version {version[:32]!r}; versions: {', '.join(versions)}")
-        return self.planes[(name, version)]
+        return plane
 
 
 def preferred(planes: dict[str, DataPlane]) -> str:

@@ -29,6 +29,7 @@ from ..pipeline.rules import Limits
 from ..pipeline.sequences import SequenceRef, chunk_number, sequence_id
 
 HEADER_LENGTH = "inference-header-content-length"
+SERVER_NAME = "lstm-service"  # in the protocol's server metadata
 EXTENSIONS = ["binary_tensor_data", "sequence", "model_repository"]  # of the protocol, announced in its metadata
 # The input datatypes taken: their numpy type, and the field of gRPC's InferTensorContents that holds them.
 DATATYPES: dict[str, np.dtype[Any]] = {

@@ -149,7 +149,7 @@ class InferenceService:
         def unary(name: str, method: Callable[..., Awaitable[Any]], request: Any, open_: bool = False) -> Any:
             # bytes in: parsed by the handler, after the key check, a malformed message a clean INVALID_ARGUMENT
             return grpc.unary_unary_rpc_method_handler(
-                self._call(name, method, request, open_), response_serializer=lambda m: m.SerializeToString()
+                self._call(name, method, request, open_), response_serializer=_serialized
             )
 
         methods = {
@@ -159,9 +159,7 @@ class InferenceService:
             "ServerMetadata": unary("ServerMetadata", self._server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": unary("ModelMetadata", self._model_metadata, pb.ModelMetadataRequest),
             "ModelInfer": unary("ModelInfer", self.infer, None),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-                self._stream, response_serializer=lambda m: m.SerializeToString()
-            ),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self._stream, response_serializer=_serialized),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
@@ -262,7 +260,7 @@ class InferenceService:
         return pb.ModelReadyResponse(ready=is_ready(self.state))
 
     async def _server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="lstm-service", version=self.version, extensions=oip.EXTENSIONS)
+        return pb.ServerMetadataResponse(name=oip.SERVER_NAME, version=self.version, extensions=oip.EXTENSIONS)
 
     async def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         registry = self.registry
@@ -273,6 +271,10 @@ class InferenceService:
             for t in meta[kind]:
                 getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return response
+
+
+def _serialized(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
 
 
 def _echo(body: bytes) -> pb.ModelInferResponse:

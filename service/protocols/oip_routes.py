@@ -65,7 +65,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": "lstm-service", "version": request.app.version, "extensions": oip.EXTENSIONS}
+    return {"name": oip.SERVER_NAME, "version": request.app.version, "extensions": oip.EXTENSIONS}
 
 
 INDEX_DOCS: dict[str, Any] = {
