@@ -19,6 +19,9 @@ in-process path (orjson decode, ONNX Runtime, orjson encode); a bare ASGI app th
 answers a fixed small JSON (the HTTP floor). Servers: the service with batching on
 (its defaults) and off, bench/handrolled.py (FastAPI + ONNX Runtime inline + orjson, one
 worker: the bar a user would set) and bench/naive_server.py (FastAPI + PyTorch eager + json).
+The default server again with traces on, every request sampled, exported over OTLP/HTTP to a
+receiver on 127.0.0.1 (bench/otlp_sink.py), for W1; and in-process, what the trace hooks cost a
+request while traces are off.
 The service serves version 1 of the shipped model (float32), as the baselines run it; version 2 (int8)
 and a larger model in both precisions are measured after (bench/int8.py).
 Writes bench/results/results.{json,md} and chart.png.
@@ -49,6 +52,7 @@ import onnxruntime as ort
 import orjson
 
 from . import int8, largest, ws_stream
+from .otlp_sink import OtlpSink
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -160,6 +164,26 @@ def in_process_floors(files: dict[str, Path], meta: dict[str, Any], threads: int
 
     out["inproc_W2_path"] = timed(w2_path)
     return out
+
+
+def tracing_off_us() -> float:
+    """The mean time of every call one request makes to the trace hooks while traces are off."""
+    from service import tracing
+
+    assert tracing.TRACER is None
+
+    def hooks() -> None:
+        top = tracing.current()  # DataPlane.serve
+        top.is_recording()
+        with tracing.span("decode"):
+            pass
+        with tracing.span("infer") as span:
+            span.set_attribute("lstm.run", "batched")
+            tracing.queued()  # Batcher.predict
+        with tracing.span("encode"):
+            pass
+
+    return timed(hooks)["mean_us"]
 
 
 # ---------------------------------------------------------------- servers and load
@@ -282,6 +306,7 @@ def load(
 RUNS = [("W1", 1), ("W1", 32), ("W2", 4), ("W3", 1)]
 FLOAT = {"LSTM_MODEL_VERSION": MODEL.name}  # the float32 version the baselines run
 GRPC_RUNS = [("W1grpc", 1), ("W1grpc", 32), ("W2grpc", 4)]
+TRACED = "service, traces on (OTLP, every request)"
 GRPC_TARGETS: dict[str, str] = {}  # a server's URL -> its gRPC host:port
 PROTOCOL_RUNS = [("W1v2", 1), ("W1v2", 32), ("W2v2", 4), ("W3v2", 1), ("W3ws", 1), ("W3seq", 1)]  # default server only
 SERVERS: dict[str, tuple[list[str], dict[str, str], list[tuple[str, int]]]] = {
@@ -463,6 +488,8 @@ def markdown(res: dict[str, Any]) -> str:
         w3 += f", {shared['W3seq c1']['rps']:,.0f} in Valkey"
         w3 += f" (the same server passing states back: {shared['W3 c1']['rps']:,.0f})"
     lines += ["", w3 + "."]
+    if "tracing" in res:
+        lines += ["", *tracing_markdown(res)]
     if "int8" in res:
         lines += ["", *int8.markdown(res["int8"])]
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
@@ -472,6 +499,17 @@ def markdown(res: dict[str, Any]) -> str:
             f"{'yes' if t['met'] else '**no**'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def tracing_markdown(res: dict[str, Any]) -> list[str]:
+    off, on, t = res["servers"]["service, batching on (default)"], res["servers"][TRACED], res["tracing"]
+    return [
+        "Traces (service/tracing.py): off, the hooks cost a request "
+        f"{t['off_us']:.2f} us in all ({100 * t['off_us'] / off['W1 c1']['p50_us']:.2f}% of W1 c1's p50). On, with "
+        f"every request sampled and exported ({t['spans']:,} spans received): W1 c1 p50 "
+        f"{on['W1 c1']['p50_us'] / off['W1 c1']['p50_us']:.2f}x and W1 c32 requests/s "
+        f"{on['W1 c32']['rps'] / off['W1 c32']['rps']:.2f}x the default server's (traces off).",
+    ]
 
 
 def chart(res: dict[str, Any], path: Path) -> None:
@@ -509,7 +547,7 @@ def main() -> int:
         "model": f"{meta['name']} v{meta['version']} (hidden {meta['hidden_size']}, {meta['num_layers']} layers)",
         "servers": {},
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         files = make_bodies(Path(tmp), meta)
         # The floors take the faster of ONNX Runtime as a service worker runs it and on all cores.
         from service.settings import Settings
@@ -529,6 +567,9 @@ def main() -> int:
             print("== no valkey-server or redis-server: W3 through a shared store not measured", flush=True)
         # The default server's settings and gRPC on a port of its own; its HTTP figures are the runs above.
         servers["service, gRPC"] = ([PY, "-m", "service"], {**FLOAT, "LSTM_GRPC_PORT": str(free_port())}, GRPC_RUNS)
+        sink = stack.enter_context(OtlpSink(keep=False))  # a collector's stand-in: counts the spans
+        traced = {**FLOAT, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+        servers[TRACED] = ([PY, "-m", "service"], traced, [("W1", 1), ("W1", 32)])
         for name, (cmd, env, runs) in servers.items():
             print(f"== {name}", flush=True)
             with server(cmd, env) as (url, pid):
@@ -549,6 +590,7 @@ def main() -> int:
         if store is not None:
             store[1].terminate()
             store[1].wait(10)
+        res["tracing"] = {"off_us": tracing_off_us(), "spans": sink.count}
         print("== largest legal requests", flush=True)
         from training.data import load_csv
 

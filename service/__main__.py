@@ -2,7 +2,8 @@
 
 Before any worker starts, every model is loaded once: a missing, unreadable or corrupt model, or one
 whose inputs are not what the service drives, stops start-up with one error line and exit code 2; so does a
-gRPC port (``LSTM_GRPC_PORT``) another process holds.
+gRPC port (``LSTM_GRPC_PORT``) another process holds, or a trace exporter this server cannot use
+(``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_PROTOCOL``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 
 def preflight() -> None:
+    from . import tracing
     from .model import repository
     from .model.engine import Engine
 
     s = get_settings()
+    tracing.wanted()
     if s.grpc_port is not None:
         # The workers open it with SO_REUSEPORT, which would share it with any other server of this user: a
         # port already taken is refused here, once, instead.
@@ -60,7 +63,7 @@ def main() -> int:
     logging.config.dictConfig(config)
     try:
         preflight()
-    except (ModelLoadError, OSError) as e:
+    except (ModelLoadError, OSError, ValueError) as e:
         log.error("cannot serve: %s", e)
         return STARTUP_FAILURE
     if s.metrics and (s.workers or 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import tracing
 from .model.contract import ModelSpec
 from .model.engine import Engine
 from .pipeline.control import ModelControl
@@ -84,6 +85,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = s
         async with contextlib.AsyncExitStack() as stack:  # what started is stopped, whatever fails after it
+            if tracing.TRACER is None and tracing.wanted():  # per worker: its own exporter thread
+                tracing.start()
+                stack.callback(tracing.stop)
             control = await run_in_threadpool(ModelControl.create, s)
             registry = control.registry
             stack.push_async_callback(registry.close)
@@ -137,6 +141,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After"],
         )
     app.edge = RequestContext(edge, metrics_on=s.metrics)
+    if tracing.enabled():  # else not even one test per request
+        app.edge = tracing.TraceRequests(app.edge)
 
     described: list[Engine] = []  # the engine the cached schema describes: the default model's, as it was
 

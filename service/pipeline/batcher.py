@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .. import metrics
+from .. import metrics, tracing
 from ..model.batch import Batch, SequenceResult, merge
 from ..model.engine import CALL_MAX_STEPS, Engine
 
@@ -29,6 +29,7 @@ class _Job:
     batch: Batch
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[SequenceResult]]
+    trace: tracing.Queued | None  # while traces are on: its queue span, and the request's span a batch links to
     size: int = field(init=False)  # sequences
     steps: int = field(init=False)  # real steps
 
@@ -97,7 +98,7 @@ class Batcher:
 
     async def predict(self, batch: Batch) -> list[SequenceResult]:
         loop = asyncio.get_running_loop()
-        job = _Job(batch, loop, loop.create_future())
+        job = _Job(batch, loop, loop.create_future(), tracing.queued())
         with self._lock:
             self._depth += 1
         self._queue.put(job)
@@ -119,7 +120,7 @@ class Batcher:
                 self._queue.put(None)
                 break
             if job.future.cancelled():  # its request gave up (deadline): drop the work
-                self._done(1)
+                self._drop(job)
                 continue
             if not self._fits(size, steps, job):
                 self._held = job
@@ -135,12 +136,12 @@ class Batcher:
             if first is None:
                 return
             if first.future.cancelled():
-                self._done(1)
+                self._drop(first)
                 continue
             jobs = self._collect(first)
             merged = merge([j.batch for j in jobs])
             try:
-                results: list[SequenceResult] | BaseException = timed_predict(self.engine, merged)
+                results: list[SequenceResult] | BaseException = self._run(jobs, merged)
             except Exception as e:  # a failed call fails its own requests, never the worker
                 log.exception("batched inference failed")
                 results = e
@@ -150,6 +151,24 @@ class Batcher:
                 row += job.size
                 job.loop.call_soon_threadsafe(_resolve, job.future, part)
             self._done(len(jobs))
+
+    def _run(self, jobs: list[_Job], merged: Batch) -> list[SequenceResult]:
+        traced = [job.trace for job in jobs if job.trace is not None]
+        if not traced:
+            return timed_predict(self.engine, merged)
+        for waiting, _ in traced:  # their wait ends: the batch they are in runs
+            waiting.end()
+        spec = self.engine.spec
+        attributes = tracing.batch_attributes(spec, len(jobs), merged.size, merged.steps)
+        with tracing.batch_span([request for _, request in traced], attributes):
+            return timed_predict(self.engine, merged)
+
+    def _drop(self, job: _Job) -> None:
+        """A job whose request gave up while it waited: never run."""
+        if job.trace is not None:
+            job.trace[0].set_attribute("lstm.dropped", True)
+            job.trace[0].end()
+        self._done(1)
 
     def _done(self, count: int) -> None:
         with self._lock:

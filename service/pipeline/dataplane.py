@@ -19,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 from anyio.to_thread import run_sync as run_in_threadpool
 
-from .. import metrics
+from .. import metrics, tracing
 from ..model.batch import Batch, SequenceResult
 from ..model.contract import ModelSpec
 from ..model.engine import Engine
@@ -145,20 +145,25 @@ class DataPlane:
         self.admission.enter()
         self._enter()
         start, answered, measured = time.perf_counter(), False, 0
+        top = tracing.current()  # the request's span: what it asked of which model
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read()
                 measured = len(body) if size is None else size
                 spec = self.engine.spec
-                if measured <= INLINE_DECODE_BYTES:
-                    call = codec.decode(body, spec, self.limits)
-                else:
-                    call = await run_in_threadpool(codec.decode, body, spec, self.limits)
+                with tracing.span("decode"):
+                    if measured <= INLINE_DECODE_BYTES:
+                        call = codec.decode(body, spec, self.limits)
+                    else:
+                        call = await run_in_threadpool(codec.decode, body, spec, self.limits)
+                if top.is_recording():
+                    top.set_attributes(tracing.request_attributes(spec, call.batch.size, call.batch.steps))
                 if call.sequence is not None:
                     outcome, spec = await self._in_sequence(call, pinned)
                 else:
                     outcome = await self.infer(call) if call.batch.size else Outcome([])  # a control message
-                answer = codec.encode(call, outcome, spec)
+                with tracing.span("encode"):
+                    answer = codec.encode(call, outcome, spec)
                 answered = True
                 return answer
         except TimeoutError:
@@ -234,18 +239,23 @@ class DataPlane:
         return self._idle()
 
     async def infer(self, call: Call[Any]) -> Outcome:
-        if call.batch.steps <= self.inline_max_steps and await self._alone():
-            # On the event loop: for a small lone request, two thread hand-offs cost more than the model.
-            results = timed_predict(self.engine, call.batch)
-        elif self.batcher is not None:
-            results = await self.batcher.predict(call.batch)  # cancelled at the deadline: dropped if still queued
-        else:
-            results = await run_in_threadpool(timed_predict, self.engine, call.batch)
-        if not call.explain:
-            return Outcome(results)
-        try:
-            return Outcome(results, await run_in_threadpool(self.engine.explain, call.batch))
-        except ExplainUnavailable as e:
-            raise InvalidInput(
-                [error(call.explain_loc, f"This model cannot be explained: {e}", "explain_unavailable")]
-            ) from None
+        with tracing.span("infer") as span:
+            if call.batch.steps <= self.inline_max_steps and await self._alone():
+                # On the event loop: for a small lone request, two thread hand-offs cost more than the model.
+                span.set_attribute("lstm.run", "inline")
+                results = timed_predict(self.engine, call.batch)
+            elif self.batcher is not None:
+                span.set_attribute("lstm.run", "batched")
+                results = await self.batcher.predict(call.batch)  # cancelled at the deadline: dropped if still queued
+            else:
+                span.set_attribute("lstm.run", "thread")
+                results = await run_in_threadpool(timed_predict, self.engine, call.batch)
+            if not call.explain:
+                return Outcome(results)
+            try:
+                with tracing.span("explain"):
+                    return Outcome(results, await run_in_threadpool(self.engine.explain, call.batch))
+            except ExplainUnavailable as e:
+                raise InvalidInput(
+                    [error(call.explain_loc, f"This model cannot be explained: {e}", "explain_unavailable")]
+                ) from None

@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 from tritonclient.grpc import service_pb2 as pb
 
-from .. import metrics
+from .. import metrics, tracing
 from ..model.contract import ModelSpec
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, ServiceError, UnknownModel, error
@@ -177,29 +177,31 @@ class InferenceService:
         async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
             start, status, request_id = time.perf_counter(), 500, _request_id(context)
             context.set_trailing_metadata((("x-request-id", request_id),))
-            try:
-                if not open_ and not self._authorized(context):
-                    metrics.REJECTED.labels("unauthorized").inc()
-                    status = 401
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
+            with _span(name, context, request_id) as top:
                 try:
-                    answer = await method(body if message is None else _parsed(message, body))
-                    status = 200
-                    return answer
-                except ServiceError as exc:
-                    status, code, text = status_of(exc)
-                    if "Retry-After" in exc.headers:  # as over HTTP: when trying again may succeed
-                        trailer = (("x-request-id", request_id), ("retry-after", exc.headers["Retry-After"]))
-                        context.set_trailing_metadata(trailer)
-                    await context.abort(code, text)
-                except Exception:  # a fault of the server's: logged here, told apart from the client's
-                    log.exception("%s failed", route)
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            except asyncio.CancelledError:  # the client cancelled, or its deadline passed
-                status = CLIENT_GONE
-                raise
-            finally:
-                _answered(route, status, start, request_id, context)
+                    if not open_ and not self._authorized(context):
+                        metrics.REJECTED.labels("unauthorized").inc()
+                        status = 401
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Not authenticated")
+                    try:
+                        answer = await method(body if message is None else _parsed(message, body))
+                        status = 200
+                        return answer
+                    except ServiceError as exc:
+                        status, code, text = status_of(exc)
+                        if "Retry-After" in exc.headers:  # as over HTTP: when trying again may succeed
+                            trailer = (("x-request-id", request_id), ("retry-after", exc.headers["Retry-After"]))
+                            context.set_trailing_metadata(trailer)
+                        await context.abort(code, text)
+                    except Exception:  # a fault of the server's: logged here, told apart from the client's
+                        log.exception("%s failed", route)
+                        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+                    status = CLIENT_GONE
+                    raise
+                finally:
+                    _answered(route, status, start, request_id, context)
+                    tracing.record_status(top, status)
 
         return handle
 
@@ -228,20 +230,23 @@ class InferenceService:
                 except (StopAsyncIteration, TimeoutError):  # the client is done, or idle too long: the stream ends
                     return
                 start, status, request_id = time.perf_counter(), 500, f"{stream_id}-{n}"
-                try:
-                    response = pb.ModelStreamInferResponse(infer_response=await self.infer(body))
-                    status = 200
-                except ServiceError as exc:
-                    status, _, text = status_of(exc)
-                    response = pb.ModelStreamInferResponse(error_message=text, infer_response=_echo(body))
-                except asyncio.CancelledError:
-                    status = CLIENT_GONE
-                    raise
-                except Exception:  # a fault of the server's: answered in the stream, which goes on
-                    log.exception("grpc/ModelStreamInfer failed")
-                    response = pb.ModelStreamInferResponse(error_message="internal error", infer_response=_echo(body))
-                finally:
-                    _answered("grpc/ModelStreamInfer", status, start, request_id, context)
+                with _span("ModelStreamInfer", context, request_id) as top:  # one per message, as a unary call
+                    try:
+                        response = pb.ModelStreamInferResponse(infer_response=await self.infer(body))
+                        status = 200
+                    except ServiceError as exc:
+                        status, _, text = status_of(exc)
+                        response = pb.ModelStreamInferResponse(error_message=text, infer_response=_echo(body))
+                    except asyncio.CancelledError:
+                        status = CLIENT_GONE
+                        raise
+                    except Exception:  # a fault of the server's: answered in the stream, which goes on
+                        log.exception("grpc/ModelStreamInfer failed")
+                        answer = _echo(body)
+                        response = pb.ModelStreamInferResponse(error_message="internal error", infer_response=answer)
+                    finally:
+                        _answered("grpc/ModelStreamInfer", status, start, request_id, context)
+                        tracing.record_status(top, status)
                 yield response
         finally:
             self.streams -= 1
@@ -298,6 +303,15 @@ def _parsed(message: Any, body: bytes) -> Any:
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     given = dict(context.invocation_metadata() or ()).get("x-request-id")
     return given if isinstance(given, str) and REQUEST_ID.fullmatch(given) else new_request_id()
+
+
+def _span(method: str, context: grpc.aio.ServicerContext, request_id: str) -> Any:
+    """A call's server span (or a stream message's), continuing the trace its ``traceparent`` metadata names."""
+    if tracing.TRACER is None:
+        return tracing.OFF
+    carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "lstm.request_id": request_id}
+    return tracing.server_span(f"{SERVICE}/{method}", carrier, **attributes)
 
 
 def _answered(route: str, status: int, start: float, request_id: str, context: grpc.aio.ServicerContext) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .. import metrics
+from .. import metrics, tracing
 from ..model.batch import Batch
 from ..model.contract import ModelSpec
 from ..pipeline import jsondata, rules, sequences
@@ -204,6 +204,9 @@ class StreamCodec:
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+MESSAGE_SPAN = "WS /v1/models/{name}/stream message"  # each message's server span (service.tracing)
+
+
 async def refuse(ws: WebSocket, code: int, reason: str) -> None:
     """Close a connection the server will not serve, after the handshake, so the client sees the code
     (a close before it reads as HTTP 403)."""
@@ -245,10 +248,13 @@ async def serve_stream(
                 # Its streams' states are that version's: they do not go on with another's weights.
                 spec = plane.engine.spec
                 raise CloseWith(RESTART, f"version {spec.version} of model {spec.name} stopped serving; reconnect")
-            try:
-                answer = await plane.serve(codec, read)
-            except ServiceError as e:
-                raise close_for(e) from None
+            with tracing.server_span(MESSAGE_SPAN, **{"url.path": ws.scope["path"]}) as top:
+                try:
+                    answer = await plane.serve(codec, read)
+                except ServiceError as e:
+                    tracing.record_status(top, e.status)
+                    raise close_for(e) from None
+                tracing.record_status(top, 200)
             await ws.send_text(answer.decode())
             answered += 1
             metrics.STREAM_MESSAGES.inc()

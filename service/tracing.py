@@ -1,0 +1,243 @@
+"""OpenTelemetry traces of the request path: off unless the standard ``OTEL_*`` variables ask for them.
+
+Each request (an HTTP request, a gRPC call, a WebSocket or gRPC stream message) is a server span that
+continues the client's W3C ``traceparent``. Within it the pipeline opens ``decode``, ``infer`` (with
+``queue``, the wait in the batcher's queue, and ``explain``) and ``encode``. The batcher's merged model
+call is a span of its own, ``batch``, linked to the ``infer`` span of every request it served: one call
+serves many traces, so it is the child of none.
+
+Off, every helper here answers a shared do-nothing object after one test of ``TRACER``: no span, no
+context, no allocation. On, each worker builds its own provider in the lifespan (the SDK's exporter
+thread does not survive a fork), with a batch span processor and the exporter that
+``OTEL_TRACES_EXPORTER`` names; the SDK itself reads the rest (``OTEL_EXPORTER_OTLP_*``,
+``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_PROPAGATORS``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import metrics
+from .model.contract import ModelSpec
+from .server.middleware import OPEN_ROUTES
+
+UNTRACED = OPEN_ROUTES  # health probes and metrics scrapes: a span each every few seconds tells nothing
+TRACER: Tracer | None = None  # set while traces are on (``start``), else None
+SERVICE_NAME = "lstm-service"  # the resource's service.name unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say
+EXPORTERS = ("otlp", "console")  # what OTEL_TRACES_EXPORTER may name, besides "none"
+PROTOCOLS = ("http/protobuf", "grpc")  # OTLP's transports (OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL)
+_provider: Any = None  # the SDK's TracerProvider this module built, shut down by ``stop``
+
+
+def wanted(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The exporters the environment asks for; none (traces off) unless ``OTEL_TRACES_EXPORTER`` names one, or
+    it is unset and an OTLP endpoint is given. ``OTEL_SDK_DISABLED=true`` turns traces off whatever else says.
+    A name this server cannot export to, or an unknown OTLP protocol, is a ``ValueError`` (refused at start)."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not named:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        names = ["otlp"] if endpoint else []
+    else:
+        names = [n.strip() for n in named.split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in EXPORTERS]
+    if unknown:
+        raise ValueError(f"OTEL_TRACES_EXPORTER: {unknown[0]!r} is not one of none, {', '.join(EXPORTERS)}")
+    if "otlp" in names and _protocol(env) not in PROTOCOLS:
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {_protocol(env)!r} is not one of {', '.join(PROTOCOLS)}")
+    return names
+
+
+def _protocol(env: Mapping[str, str]) -> str:
+    given = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    return (given or "http/protobuf").strip().lower()  # the specification's default
+
+
+def enabled() -> bool:
+    """Whether requests are traced in this process: a tracer is installed, or the environment asks for one."""
+    return TRACER is not None or bool(wanted())
+
+
+def start(provider: Any = None) -> None:
+    """Trace with ``provider`` (an SDK ``TracerProvider``; a test's, with its own exporter), or with one built from
+    the environment as ``wanted`` reads it. Kept to this module: the process's global provider stays the
+    API's own, so a library that traces on its own is not sent to our exporter by accident."""
+    global TRACER, _provider
+    if provider is None:
+        provider = _provider = _from_env(wanted())
+    TRACER = provider.get_tracer("service")
+
+
+def stop() -> None:
+    """Export what is left and stop tracing (a provider a test gave is the test's to shut down)."""
+    global TRACER, _provider
+    TRACER = None
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+def _from_env(names: list[str]) -> Any:
+    from opentelemetry.sdk.resources import SERVICE_NAME as NAME_KEY
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    given = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
+    if str(given.attributes.get(NAME_KEY, "")).startswith("unknown_service"):
+        given = given.merge(Resource({NAME_KEY: SERVICE_NAME}))
+    provider = TracerProvider(resource=given)  # the sampler from OTEL_TRACES_SAMPLER (parent-based, always on)
+    for name in names:
+        if name == "console":
+            exporter: Any = ConsoleSpanExporter()
+        elif _protocol(os.environ) == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+            exporter = GrpcExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+            exporter = HttpExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+class _Off:
+    """What every helper answers while traces are off: a context manager around the do-nothing span."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+OFF = _Off()
+
+
+def span(name: str) -> Any:
+    """A child of the current span, current within the ``with`` (or OFF)."""
+    if TRACER is None:
+        return OFF
+    return TRACER.start_as_current_span(name)
+
+
+def current() -> Span:
+    """The current span (the do-nothing span while off): attributes go on it when ``is_recording()``."""
+    return trace.get_current_span() if TRACER is not None else INVALID_SPAN
+
+
+def request_attributes(spec: ModelSpec, sequences: int, steps: int) -> dict[str, Any]:
+    """A request's model and what it asks of it (sequences, and real steps over them)."""
+    return {
+        "lstm.model.name": spec.name,
+        "lstm.model.version": spec.version,
+        "lstm.sequences": sequences,
+        "lstm.steps": steps,
+    }
+
+
+def server_span(name: str, carrier: Mapping[str, str] | None = None, **attributes: Any) -> Any:
+    """A request's server span, current within the ``with`` (or OFF): it continues the trace ``carrier`` (headers,
+    gRPC metadata) names, or with none the current one (a stream's message, within its connection's). Its
+    outcome is the caller's to say (``record_status``): a client's error is not the server's."""
+    if TRACER is None:
+        return OFF
+    parent = propagate.extract(carrier) if carrier is not None else None
+    return TRACER.start_as_current_span(
+        name,
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+        record_exception=False,  # a client's error is no exception of the server's; the log has the server's
+        set_status_on_exception=False,
+    )
+
+
+def record_status(span: Span, status: int) -> None:
+    """A server span's answer as the pipeline's status (HTTP's, whatever the protocol: ``lstm.status``); a
+    server's fault (5xx) marks the span an error, a client's (4xx) does not."""
+    span.set_attribute("lstm.status", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+
+
+Queued = tuple[Span, SpanContext]  # a request in the batcher's queue: its queue span, and its infer span's context
+
+
+def queued() -> Queued | None:
+    """For a request going into the batcher's queue: its ``queue`` span, started now, and the context of the
+    span it is in, which the batch that runs it links to; None while off."""
+    if TRACER is None:
+        return None
+    waiting = TRACER.start_span("queue")
+    return waiting, trace.get_current_span().get_span_context()
+
+
+def batch_attributes(spec: ModelSpec, requests: int, sequences: int, steps: int) -> dict[str, Any]:
+    """A merged model call's model, and the requests, sequences and real steps it runs."""
+    return {**request_attributes(spec, sequences, steps), "lstm.batch.requests": requests}
+
+
+def batch_span(requests: list[SpanContext], attributes: dict[str, Any]) -> Any:
+    """The merged model call, a span of its own linked to the ``infer`` span of each request it served."""
+    if TRACER is None:
+        return OFF
+    root = otel_context.Context()  # no parent: it serves many requests' traces
+    links = [Link(c) for c in requests]
+    return TRACER.start_as_current_span("batch", context=root, links=links, attributes=attributes)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+class TraceRequests:
+    """Pure ASGI, outermost: each HTTP request (but health and metrics) in a server span that continues the
+    client's ``traceparent``. A WebSocket connection's messages are spans of their own
+    (``service.protocols.websocket``): the handshake's trace is made current for the connection, as their
+    parent. Installed only while traces are on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if TRACER is None or scope["type"] not in ("http", "websocket") or scope["path"] in UNTRACED:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            token = otel_context.attach(propagate.extract(_headers(scope)))
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                otel_context.detach(token)
+            return
+        route = metrics.route_label(scope["path"])
+        attributes = {"http.request.method": scope["method"], "http.route": route, "url.path": scope["path"]}
+        with server_span(f"{scope['method']} {route}", _headers(scope), **attributes) as top:
+            status = 500  # unless the app answers otherwise
+
+            async def sent(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, sent)
+            finally:
+                request_id = scope.get("state", {}).get("request_id")
+                if request_id:
+                    top.set_attribute("lstm.request_id", request_id)
+                top.set_attribute("http.response.status_code", status)
+                record_status(top, status)
