@@ -21,7 +21,7 @@ $(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
 KSERVE_SDK := kserve==0.21.0
 
 $(VENV)/.dev-deps: pyproject.toml client/pyproject.toml $(VENV)/.kserve-sdk-$(KSERVE_SDK) | $(BIN)/python
-	$(PIP) -e '.[train,dev]' -e './client[websocket]'
+	$(PIP) -e '.[train,dev]' -e './client[websocket,grpc]'
 	touch $@ $(VENV)/.serve-deps
 
 $(VENV)/.kserve-sdk-$(KSERVE_SDK): | $(BIN)/python

@@ -1,4 +1,4 @@
-"""lstm_client against the real server: predict, and streams over HTTP and the WebSocket, sync and async."""
+"""lstm_client against the real server: predict, and streams over HTTP, the WebSocket and gRPC, sync and async."""
 
 import asyncio
 from collections.abc import Iterator
@@ -9,15 +9,26 @@ import numpy as np
 import pytest
 from lstm_client import AsyncClient, Client, ServiceError
 
-from .conftest import running_server
+from .conftest import free_port, running_server
 
 
 @pytest.fixture(scope="module")
-def url(repo: Path) -> Iterator[str]:
-    with running_server(repo, {"LSTM_WORKERS": "1"}) as (address, proc):
-        yield address
+def served(repo: Path) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    with running_server(repo, {"LSTM_WORKERS": "1", "LSTM_GRPC_PORT": str(port)}) as (address, proc):
+        yield address, f"grpc://127.0.0.1:{port}"
         proc.terminate()
         proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def url(served: tuple[str, str]) -> str:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def grpc_url(served: tuple[str, str]) -> str:
+    return served[1]
 
 
 def test_predict_equals_the_raw_api(url: str, weather: np.ndarray) -> None:
@@ -137,3 +148,45 @@ def test_a_held_sequence_keeps_its_chunk_number_until_a_chunk_is_answered(url: s
         again = held.send(weather[5:10])  # the chunk in doubt, sent again: its replay
         whole = client.predict([weather[:10]]).outputs[0]
         np.testing.assert_allclose(again, whole[5:], rtol=0, atol=1e-5)
+
+
+def test_grpc_answers_as_http_does(url: str, grpc_url: str, weather: np.ndarray) -> None:
+    seqs = [weather[:9], weather[50:53]]
+    with Client(url) as http, Client(grpc_url, model="tiny") as rpc:
+        want = http.predict(seqs)
+        got = rpc.predict(seqs)  # ragged: padded, with lengths
+        assert [o.shape for o in got.outputs] == [(9, 1), (3, 1)] and got.model == {"name": "tiny", "version": "1"}
+        for a, b in zip(got.outputs, want.outputs, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got.hn, want.hn, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got.cn, want.cn, rtol=0, atol=1e-6)
+        on = rpc.predict([seqs[1]], got.hn[1:], got.cn[1:])  # states pass back as they come
+        np.testing.assert_allclose(
+            on.outputs[0], http.predict([seqs[1]], want.hn[1:], want.cn[1:]).outputs[0], atol=1e-6
+        )
+        with rpc.stream() as stream:  # states carried by the client, each chunk a gRPC call
+            parts = [stream.send(weather[400:520][i : i + 25]) for i in range(0, 120, 25)]
+        np.testing.assert_allclose(np.concatenate(parts), http.predict([weather[400:520]]).outputs[0], atol=1e-5)
+        held = rpc.sequence()  # states kept by the server
+        parts = [held.send(weather[200:260][i : i + 20], end=i == 40) for i in range(0, 60, 20)]
+        np.testing.assert_allclose(np.concatenate(parts), http.predict([weather[200:260]]).outputs[0], atol=1e-5)
+        with pytest.raises(ServiceError) as bad:
+            rpc.predict([[[1.0, 2.0]]])
+        assert (bad.value.status, bad.value.code) == (400, "INVALID_ARGUMENT") and "x" in bad.value.detail
+    with Client(grpc_url, model="nope") as rpc, pytest.raises(ServiceError) as missing:
+        rpc.predict([[[0.0, 10.0, 5.0, 3.0]]])
+    assert (missing.value.status, missing.value.code) == (404, "NOT_FOUND")
+
+
+def test_grpc_async_stream_equals_one_call(grpc_url: str, weather: np.ndarray) -> None:
+    seq = weather[600:700]
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        async with AsyncClient(grpc_url, model="tiny") as client:
+            whole = (await client.predict([seq])).outputs[0]
+            async with await client.stream() as stream:
+                parts = [await stream.send(seq[i : i + 30]) for i in range(0, 100, 30)]
+        return whole, np.concatenate(parts)
+
+    whole, streamed = asyncio.run(scenario())
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)

@@ -14,6 +14,8 @@
 
 ``AsyncClient`` and ``AsyncStream`` do the same with ``await``. ``stream(transport="websocket")``
 keeps the states on the server (one connection per stream) instead of sending them each time.
+A ``grpc://host:port`` URL (``grpcs://`` with TLS; the ``grpc`` extra) makes every call the Open Inference
+Protocol's ``ModelInfer`` over the service's gRPC port; it needs ``model=``.
 
 Inference requests over HTTP (``predict``, and the chunks of ``stream()`` and ``sequence()``) that get no
 answer (a refused, broken or timed-out connection), a 502/503/504, or a 409 that says to retry
@@ -22,6 +24,9 @@ repeat (a prediction is a pure function of its inputs and states, and a server-h
 numbered, so the server answers a repeat without applying it twice). When the retries run out, the last
 answer raises ``ServiceError`` (its ``status`` and ``detail``), and the last connection error a
 ``ServiceError`` whose ``status`` is None (the ``httpx`` error as its cause).
+Over gRPC the same calls are retried on UNAVAILABLE and DEADLINE_EXCEEDED, and on ABORTED with
+``retry-after``; ``ServiceError.status`` is the HTTP status the code stands for (None when the service never
+answered), ``ServiceError.code`` the code's name.
 WebSocket streams are not retried: a server-held sequence resumes on a new connection by its id.
 """
 
@@ -94,9 +99,10 @@ class ServiceError(RuntimeError):
     cannot make (a URL that is not HTTP, inputs that are not finite numbers, the WebSocket transport without the
     ``websocket`` extra) raises as Python does, before anything is sent."""
 
-    def __init__(self, status: int | None, detail: str) -> None:
-        super().__init__(status, detail)  # both in args: it pickles and copies (process pools, task queues)
+    def __init__(self, status: int | None, detail: str, code: str | None = None) -> None:
+        super().__init__(status, detail, code)  # all in args: it pickles and copies (process pools, task queues)
         self.status, self.detail = status, detail
+        self.code = code  # over gRPC: the status code's name (INVALID_ARGUMENT...); None over HTTP
 
     def __str__(self) -> str:
         return f"{self.status}: {self.detail}" if self.status is not None else self.detail
@@ -117,21 +123,32 @@ RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolErr
 
 def _pause(answer: httpx.Response | None, attempt: int, retries: int) -> float | None:
     """How long to wait before sending a request again (no answer, or one that says to retry), or None when
-    what came back is final. Backoff doubles from 50 ms, jittered so that clients failed together do not
-    retry together; a Retry-After is honoured up to ``MAX_PAUSE_S``."""
-    if attempt >= retries:
+    what came back is final."""
+    if answer is None:
+        return _wait(True, None, attempt, retries)
+    asked = answer.headers.get("retry-after")
+    retry = answer.status_code in RETRY_STATUSES or (answer.status_code == 409 and asked is not None)
+    return _wait(retry, asked, attempt, retries)
+
+
+def _wait(retry: bool, asked: str | None, attempt: int, retries: int) -> float | None:
+    """The pause before attempt ``attempt + 1``, or None when there is none. Backoff doubles from 50 ms,
+    jittered so that clients failed together do not retry together; a Retry-After is honoured up to
+    ``MAX_PAUSE_S``."""
+    if attempt >= retries or not retry:
         return None
     backoff = 0.05 * 2.0**attempt * (0.5 + random.random())
-    if answer is None:
-        return min(backoff, MAX_PAUSE_S)
-    asked = answer.headers.get("retry-after")
-    if answer.status_code not in RETRY_STATUSES and not (answer.status_code == 409 and asked):
-        return None
     try:
         seconds = float(asked) if asked else backoff
     except ValueError:
         seconds = backoff  # an HTTP date, or nonsense: back off as without one
-    return min(seconds, MAX_PAUSE_S) if math.isfinite(seconds) and seconds >= 0 else backoff
+    return min(seconds, MAX_PAUSE_S) if math.isfinite(seconds) and seconds >= 0 else min(backoff, MAX_PAUSE_S)
+
+
+def _grpc_error(failed: Any) -> ServiceError:
+    """A failed gRPC call (``_grpc.Failed``) as the one error type."""
+    detail = failed.detail if failed.status is not None else f"no answer: {failed.code} {failed.detail}"
+    return ServiceError(failed.status, detail, failed.code)
 
 
 def _final(answer: httpx.Response | None, failure: Exception | None) -> httpx.Response:
@@ -156,9 +173,27 @@ class _Base:
         if version is not None and model is None:
             raise ValueError("version: name the model too (model=...); the default model's version is the server's")
         self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
+        self.grpc = url.startswith(("grpc://", "grpcs://"))
+        if self.grpc and model is None:
+            raise ValueError("grpc:// needs the model (model=...): the protocol names it in every call")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
         self.retries = retries
         self.transport = transport
+
+    def _rpc_call(
+        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
+    ) -> tuple[Any, list[int]]:
+        from . import _grpc
+
+        assert self.model is not None
+        return _grpc.request(self.model, self.version, inputs, h0, c0, sequence)
+
+    def _rpc_prediction(self, response: Any, lengths: list[int]) -> Prediction:
+        from . import _grpc
+
+        outputs, hn, cn = _grpc.answer(response, lengths)
+        return Prediction(outputs, hn, cn, {"name": response.model_name, "version": response.model_version})
 
     def _ws_url(self, model: str) -> str:
         return self.url.replace("http", "ws", 1) + f"/v1/models/{model}/stream"
@@ -169,6 +204,11 @@ class Client(_Base):
 
     def __init__(self, url: str = "http://127.0.0.1:8000", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
+        self.rpc: Any = None
+        if self.grpc:
+            from ._grpc import Channel
+
+            self.rpc = Channel(self.url, self.metadata, self.timeout)
         self.http = httpx.Client(
             base_url=self.url, headers=self.headers, timeout=self.timeout, transport=self.transport
         )
@@ -177,7 +217,29 @@ class Client(_Base):
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
     ) -> Prediction:
         """A batch of sequences ([batch][steps][features]) with optional states ([batch][layers][hidden])."""
-        return _prediction(self._post(_body(inputs, h0, c0)))
+        return self._infer(inputs, h0, c0, None)
+
+    def _infer(
+        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
+    ) -> Prediction:
+        if self.rpc is None:
+            body = _body(inputs, h0, c0)
+            if sequence is not None:
+                body["sequence"] = sequence
+            return _prediction(self._post(body))
+        from ._grpc import Failed
+
+        call, lengths = self._rpc_call(inputs, h0, c0, sequence)
+        attempt = 0
+        while True:
+            try:
+                return self._rpc_prediction(self.rpc.infer(call), lengths)
+            except Failed as failed:
+                pause = _wait(failed.retryable, failed.asked, attempt, self.retries)
+                if pause is None:
+                    raise _grpc_error(failed) from failed
+            time.sleep(pause)
+            attempt += 1
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
         """POST to the model's predict route, sent again while the answer says to (see the module's text)."""
@@ -199,13 +261,20 @@ class Client(_Base):
         return HeldSequence(self, sequence_id)
 
     def default_model(self) -> str:
+        if self.grpc:
+            assert self.model is not None
+            return self.model
         return str(_answered(self.http.get("/v1/models")).json()["default"]["name"])
 
     def stream(self, transport: str = "http") -> Stream:
+        """A long sequence whose states this client carries: ``http``, each chunk a call of the client's own
+        transport (HTTP or gRPC); ``websocket``, one connection that keeps them (HTTP URLs only)."""
         return Stream(self, transport)
 
     def close(self) -> None:
         self.http.close()
+        if self.rpc is not None:
+            self.rpc.close()
 
     def __enter__(self) -> Client:
         return self
@@ -241,6 +310,8 @@ class Stream(_Carried):
         self.client = client
         self._open = contextlib.ExitStack()
         if transport == "websocket":
+            if client.grpc:
+                raise ValueError("transport: the WebSocket stream needs an http:// URL")
             from websockets.sync.client import connect
 
             model = client.model or client.default_model()
@@ -277,15 +348,12 @@ class _Held:
         self.id = sequence_id if sequence_id is not None else f"lstm-client-{os.urandom(12).hex()}"
         self.chunk = 0
 
-    def _body(self, chunk: ArrayLike, end: bool) -> dict[str, Any]:
-        body = _body([chunk], None, None)
-        body["sequence"] = {"id": self.id, "start": self.chunk == 0, "end": end, "chunk": self.chunk}
-        return body
+    def _sequence(self, end: bool) -> dict[str, Any]:
+        return {"id": self.id, "start": self.chunk == 0, "end": end, "chunk": self.chunk}
 
-    def _next(self, answer: httpx.Response) -> np.ndarray:
-        outputs = _prediction(answer).outputs[0]
+    def _next(self, answer: Prediction) -> np.ndarray:
         self.chunk += 1
-        return outputs
+        return answer.outputs[0]
 
 
 class HeldSequence(_Held):
@@ -298,7 +366,7 @@ class HeldSequence(_Held):
 
     def send(self, chunk: ArrayLike, end: bool = False) -> np.ndarray:
         """The next chunk ([steps][features]); returns its outputs [steps, outputs]."""
-        return self._next(self.client._post(self._body(chunk, end)))
+        return self._next(self.client._infer([chunk], None, None, self._sequence(end)))
 
 
 class AsyncClient(_Base):
@@ -306,6 +374,11 @@ class AsyncClient(_Base):
 
     def __init__(self, url: str = "http://127.0.0.1:8000", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
+        self.rpc: Any = None
+        if self.grpc:
+            from ._grpc import AsyncChannel
+
+            self.rpc = AsyncChannel(self.url, self.metadata, self.timeout)
         self.http = httpx.AsyncClient(
             base_url=self.url, headers=self.headers, timeout=self.timeout, transport=self.transport
         )
@@ -313,7 +386,29 @@ class AsyncClient(_Base):
     async def predict(
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
     ) -> Prediction:
-        return _prediction(await self._post(_body(inputs, h0, c0)))
+        return await self._infer(inputs, h0, c0, None)
+
+    async def _infer(
+        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
+    ) -> Prediction:
+        if self.rpc is None:
+            body = _body(inputs, h0, c0)
+            if sequence is not None:
+                body["sequence"] = sequence
+            return _prediction(await self._post(body))
+        from ._grpc import Failed
+
+        call, lengths = self._rpc_call(inputs, h0, c0, sequence)
+        attempt = 0
+        while True:
+            try:
+                return self._rpc_prediction(await self.rpc.infer(call), lengths)
+            except Failed as failed:
+                pause = _wait(failed.retryable, failed.asked, attempt, self.retries)
+                if pause is None:
+                    raise _grpc_error(failed) from failed
+            await asyncio.sleep(pause)
+            attempt += 1
 
     async def _post(self, body: dict[str, Any]) -> httpx.Response:
         attempt = 0
@@ -333,11 +428,16 @@ class AsyncClient(_Base):
         return AsyncHeldSequence(self, sequence_id)
 
     async def default_model(self) -> str:
+        if self.grpc:
+            assert self.model is not None
+            return self.model
         return str(_answered(await self.http.get("/v1/models")).json()["default"]["name"])
 
     async def stream(self, transport: str = "http") -> AsyncStream:
         stream = AsyncStream(self, transport)
         if transport == "websocket":
+            if self.grpc:
+                raise ValueError("transport: the WebSocket stream needs an http:// URL")
             from websockets.asyncio.client import connect
 
             model = self.model or await self.default_model()
@@ -347,6 +447,8 @@ class AsyncClient(_Base):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.rpc is not None:
+            await self.rpc.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -393,4 +495,4 @@ class AsyncHeldSequence(_Held):
         self.client = client
 
     async def send(self, chunk: ArrayLike, end: bool = False) -> np.ndarray:
-        return self._next(await self.client._post(self._body(chunk, end)))
+        return self._next(await self.client._infer([chunk], None, None, self._sequence(end)))

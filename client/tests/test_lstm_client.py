@@ -3,14 +3,19 @@ stands in for the service, so these run where only the client is installed."""
 
 import asyncio
 import itertools
+import pickle
 import time
+from concurrent import futures
 from typing import Any
 
+import grpc
 import httpx
 import lstm_client
 import numpy as np
 import pytest
 from lstm_client import AsyncClient, Client, ServiceError
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 
 def test_it_is_a_package_of_its_own() -> None:
@@ -166,3 +171,127 @@ def test_the_error_pickles_and_a_version_needs_its_model() -> None:
     assert str(ServiceError(None, "no answer: ConnectError")) == "no answer: ConnectError"
     with pytest.raises(ValueError, match="name the model too"):
         Client("http://lstm.invalid", version="2")
+
+
+# ---------------------------------------------------------------- gRPC, against a scripted server
+class Scripted(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """A gRPC server answering each call with the next of ``answers``: None for outputs (0.5 at every step,
+    zero states), or a code and its retry-after; it keeps each request and its metadata."""
+
+    def __init__(self, answers: list[tuple[Any, str | None] | None]) -> None:
+        self.answers, self.seen = answers, []
+
+    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        self.seen.append((request, dict(context.invocation_metadata())))
+        answer = self.answers[len(self.seen) - 1]
+        context.set_trailing_metadata(
+            [("x-request-id", "r"), *([("retry-after", answer[1])] if answer and answer[1] else [])]
+        )
+        if answer is not None:
+            context.abort(answer[0], "no")
+        b, t = request.inputs[0].shape[0], request.inputs[0].shape[1]
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version="3")
+        for name, shape in (("y", [b, t, 1]), ("hn", [1, b, 2]), ("cn", [1, b, 2])):
+            response.outputs.add(name=name, datatype="FP32", shape=shape)
+            fill = 0.5 if name == "y" else float(name == "cn")
+            response.raw_output_contents.append(np.full(shape, fill, dtype="<f4").tobytes())
+        return response
+
+
+@pytest.fixture()
+def grpc_server() -> Any:
+    servers = []
+
+    def start(answers: list[tuple[Any, str | None] | None]) -> tuple[str, Scripted]:
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        scripted = Scripted(answers)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(scripted, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"grpc://127.0.0.1:{port}", scripted
+
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+def test_grpc_sends_one_tensor_per_input_with_the_key_and_the_model(grpc_server: Any) -> None:
+    url, server = grpc_server([None])
+    with Client(url, model="m", version="3", api_key="k") as client:
+        answer = client.predict([np.ones((3, 4)), np.ones((1, 4))], h0=np.zeros((2, 1, 2)), c0=np.ones((2, 1, 2)))
+    request, metadata = server.seen[0]
+    assert metadata["authorization"] == "Bearer k"
+    assert (request.model_name, request.model_version) == ("m", "3")
+    shapes = {t.name: list(t.shape) for t in request.inputs}
+    assert shapes == {
+        "x": [2, 3, 4],
+        "lengths": [2],
+        "h0": [1, 2, 2],
+        "c0": [1, 2, 2],
+    }  # states as [layers, batch, hidden]
+    lengths = np.frombuffer(request.raw_input_contents[1], dtype=np.int32)
+    assert lengths.tolist() == [3, 1]
+    assert [o.shape for o in answer.outputs] == [(3, 1), (1, 1)]  # each cut to its own length
+    assert answer.hn.shape == (2, 1, 2) and answer.cn.tolist() == [[[1.0, 1.0]], [[1.0, 1.0]]]
+    assert answer.model == {"name": "m", "version": "3"}
+
+
+@pytest.mark.parametrize(
+    ("answers", "status", "sent"),
+    [
+        ([(grpc.StatusCode.UNAVAILABLE, None), (grpc.StatusCode.DEADLINE_EXCEEDED, None), None], 200, 3),
+        ([(grpc.StatusCode.ABORTED, "0"), None], 200, 2),  # a conflict that says when: sent again
+        ([(grpc.StatusCode.ABORTED, None), None], 409, 1),  # a chunk out of order: final
+        ([(grpc.StatusCode.UNAVAILABLE, "0")] * 4, 503, 3),  # retries=2: the third answer is final
+        ([(grpc.StatusCode.INVALID_ARGUMENT, None), None], 400, 1),
+        ([(grpc.StatusCode.RESOURCE_EXHAUSTED, None), None], 429, 1),
+    ],
+)
+def test_what_grpc_sends_again(grpc_server: Any, answers: list[Any], status: int, sent: int) -> None:
+    url, server = grpc_server(answers)
+    with Client(url, model="m", retries=2) as client:
+        if status == 200:
+            assert client.predict([[[1.0]]]).outputs[0].tolist() == [[0.5]]
+        else:
+            with pytest.raises(ServiceError) as failed:
+                client.predict([[[1.0]]])
+            assert failed.value.status == status and failed.value.detail == "no"
+            assert failed.value.code == answers[0][0].name
+    assert len(server.seen) == sent
+
+
+def test_grpc_async_and_a_held_sequence_number_their_chunks(grpc_server: Any) -> None:
+    url, server = grpc_server([(grpc.StatusCode.UNAVAILABLE, "0"), None, None])
+
+    async def run() -> None:
+        async with AsyncClient(url, model="m", retries=2) as client:
+            seq = client.sequence("dev-7")
+            await seq.send([[1.0]])
+            await seq.send([[2.0]], end=True)
+
+    asyncio.run(run())
+    params = [
+        {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in r.parameters.items()} for r, _ in server.seen
+    ]
+    assert (
+        params[0]
+        == params[1]
+        == {"sequence_id": "dev-7", "sequence_start": True, "sequence_end": False, "sequence_chunk": 0}
+    )
+    assert params[2] == {"sequence_id": "dev-7", "sequence_start": False, "sequence_end": True, "sequence_chunk": 1}
+
+
+def test_grpc_without_a_server_or_a_model() -> None:
+    with pytest.raises(ValueError, match="needs the model"):
+        Client("grpc://127.0.0.1:1")
+    with Client("grpc://127.0.0.1:1", model="m", retries=1, timeout=2) as client:
+        with pytest.raises(ServiceError) as unanswered:
+            client.predict([[[1.0]]])
+        assert unanswered.value.status is None and unanswered.value.code == "UNAVAILABLE"
+        with pytest.raises(ValueError, match="WebSocket"):
+            client.stream("websocket")
+        with pytest.raises(ValueError, match=r"inputs\[1\]"):
+            client.predict([np.ones((2, 4)), np.ones((2, 3))])
+    again = pickle.loads(pickle.dumps(ServiceError(400, "x: bad", "INVALID_ARGUMENT")))
+    assert (again.status, again.detail, again.code) == (400, "x: bad", "INVALID_ARGUMENT")
