@@ -33,8 +33,8 @@ class OtlpSink:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
-                request = ExportTraceServiceRequest.FromString(body)
-                sink.add(list(request.resource_spans))
+                if self.path == "/v1/traces":  # OTLP/HTTP's path for traces; anything else is not taken
+                    sink.add(list(ExportTraceServiceRequest.FromString(body).resource_spans))
                 self.send_response(200 if self.path == "/v1/traces" else 404)
                 self.send_header("content-type", "application/x-protobuf")
                 self.send_header("content-length", str(len(ANSWER)))

@@ -16,11 +16,12 @@ thread does not survive a fork), with a batch span processor and the exporter th
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,7 +95,7 @@ def _from_env(names: list[str]) -> Any:
     given = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
     if str(given.attributes.get(NAME_KEY, "")).startswith("unknown_service"):
         given = given.merge(Resource({NAME_KEY: SERVICE_NAME}))
-    provider = TracerProvider(resource=given)  # the sampler from OTEL_TRACES_SAMPLER (parent-based, always on)
+    provider = TracerProvider(resource=given, sampler=sampler())
     for name in names:
         if name == "console":
             exporter: Any = ConsoleSpanExporter()
@@ -126,10 +127,11 @@ OFF = _Off()
 
 
 def span(name: str) -> Any:
-    """A child of the current span, current within the ``with`` (or OFF)."""
+    """A child of the current span, current within the ``with`` (or OFF). An exception through it marks
+    nothing: most are a client's errors, and the request's span says which were the server's."""
     if TRACER is None:
         return OFF
-    return TRACER.start_as_current_span(name)
+    return TRACER.start_as_current_span(name, record_exception=False, set_status_on_exception=False)
 
 
 def current() -> Span:
@@ -190,12 +192,45 @@ def batch_attributes(spec: ModelSpec, requests: int, sequences: int, steps: int)
 
 
 def batch_span(requests: list[SpanContext], attributes: dict[str, Any]) -> Any:
-    """The merged model call, a span of its own linked to the ``infer`` span of each request it served."""
-    if TRACER is None:
+    """The merged model call, a span of its own linked to the ``infer`` span of each sampled request it served
+    (or OFF when it served none: a batch is kept exactly when a trace it serves is)."""
+    sampled = [Link(c) for c in requests if c.trace_flags.sampled]
+    if TRACER is None or not sampled:
         return OFF
     root = otel_context.Context()  # no parent: it serves many requests' traces
-    links = [Link(c) for c in requests]
-    return TRACER.start_as_current_span("batch", context=root, links=links, attributes=attributes)
+    return TRACER.start_as_current_span("batch", context=root, links=sampled, attributes=attributes)
+
+
+class FollowLinks(sampling.Sampler):
+    """The provider's sampler, but a span with no parent and a sampled link (a batch) is always sampled: the
+    batch of a sampled request is there whatever the sampler's ratio (with no sampled link it is never made,
+    ``batch_span``)."""
+
+    def __init__(self, sampler: sampling.Sampler) -> None:
+        self.sampler = sampler
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> sampling.SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid and links and any(link.context.trace_flags.sampled for link in links):
+            return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, attributes)
+        return self.sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"FollowLinks{{{self.sampler.get_description()}}}"
+
+
+def sampler() -> FollowLinks:
+    """The sampler ``OTEL_TRACES_SAMPLER`` names (the SDK's default: parent-based, always on), following links."""
+    return FollowLinks(sampling._get_from_env_or_default())
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -222,8 +257,8 @@ class TraceRequests:
             finally:
                 otel_context.detach(token)
             return
-        route = metrics.route_label(scope["path"])
-        attributes = {"http.request.method": scope["method"], "http.route": route, "url.path": scope["path"]}
+        route = metrics.route_label(scope["path"])  # bounded: the metrics' label, not a template
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "url.scheme": scope["scheme"]}
         with server_span(f"{scope['method']} {route}", _headers(scope), **attributes) as top:
             status = 500  # unless the app answers otherwise
 

@@ -24,6 +24,9 @@ from service.settings import CONTROL_JOURNAL_ENV, Settings
 from training.export import export
 from training.train import TrainConfig, train
 
+for _name in [n for n in os.environ if n.startswith("OTEL_")]:  # traces on only where a test turns them on
+    del os.environ[_name]
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "seattle-weather.csv"
 TINY = {"hidden_size": 8, "num_layers": 2, "window": 32, "batch_size": 16, "windows_per_epoch": 64}

@@ -16,6 +16,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from lstm_client import Client
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -64,17 +65,22 @@ def test_an_exporter_this_server_lacks_is_refused(env: dict[str, str], says: str
 
 
 @pytest.fixture()
-def spans() -> Iterator[InMemorySpanExporter]:
+def provider() -> Iterator[TracerProvider]:
+    made = TracerProvider()
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture()
+def spans(provider: TracerProvider) -> Iterator[InMemorySpanExporter]:
     """Traces on in this process, into memory, for one test."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.start(provider)
     try:
         yield exporter
     finally:
         tracing.stop()
-        provider.shutdown()
 
 
 def hexid(value: int, digits: int = 16) -> str:
@@ -162,13 +168,17 @@ def test_the_batch_is_linked_to_every_request_it_ran(
 
 
 def test_a_clients_error_is_not_the_servers(settings: Settings, spans: InMemorySpanExporter) -> None:
+    bad = {"inputs": [{"name": "x", "shape": [1, 1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
     with app_client(settings) as c:
-        r = c.post("/v2/models/tiny/infer", json={"inputs": []}, headers={"traceparent": TRACEPARENT})
+        r = c.post("/v2/models/tiny/infer", json=bad, headers={"traceparent": TRACEPARENT})
         assert r.status_code == 400
     (top,) = named(spans, "POST /v2/infer")
     attrs = dict(top.attributes or {})
     assert attrs["lstm.status"] == 400 and top.status.status_code is StatusCode.UNSET
     assert hexid(top.context.trace_id, 32) == TRACE_ID
+    (decode,) = named(spans, "decode")  # where the error was raised: no error, no stack either
+    assert decode.parent is not None and decode.parent.span_id == top.context.span_id
+    assert decode.status.status_code is StatusCode.UNSET and not decode.events
 
 
 def test_a_servers_fault_marks_the_span(settings: Settings, spans: InMemorySpanExporter, weather: np.ndarray):
@@ -212,31 +222,66 @@ def test_grpc_calls_continue_the_trace_in_their_metadata(
     request = pb.ModelInferRequest(model_name="tiny", inputs=[tensor], raw_input_contents=[x.tobytes()], id="g1")
     with app_client(settings, grpc_port=port), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready  # a probe: not traced
         stub.ModelInfer(request, metadata=(("traceparent", TRACEPARENT),))
         answers = list(stub.ModelStreamInfer(iter([request, request]), metadata=(("traceparent", TRACEPARENT),)))
         assert [a.error_message for a in answers] == ["", ""]
     unary = named(spans, "inference.GRPCInferenceService/ModelInfer")
     streamed = named(spans, "inference.GRPCInferenceService/ModelStreamInfer")
     assert len(unary) == 1 and len(streamed) == 2
+    assert len([s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]) == 3
     for top in unary + streamed:
         assert top.kind is SpanKind.SERVER and hexid(top.context.trace_id, 32) == TRACE_ID
         attrs = dict(top.attributes or {})
         assert attrs["rpc.system"] == "grpc" and attrs["lstm.status"] == 200 and attrs["lstm.sequences"] == 1
+        assert attrs["rpc.grpc.status_code"] == 0
         assert set(children(spans, top)) == {"decode", "infer", "encode"}
 
 
 def test_off_there_are_no_spans_and_no_middleware(settings: Settings, weather: np.ndarray) -> None:
     assert tracing.TRACER is None and not tracing.enabled()
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))  # never installed: nothing may reach it
     with app_client(settings) as c:
         assert type(c.app.edge) is not tracing.TraceRequests  # type: ignore[attr-defined]
         assert c.post("/predict", json=body(weather), headers={"traceparent": TRACEPARENT}).status_code == 200
+        assert tracing.TRACER is None  # the lifespan built no tracer either
     assert tracing.span("decode") is tracing.OFF and tracing.server_span("x", {}) is tracing.OFF
     assert tracing.queued() is None and not tracing.current().is_recording()
-    assert exporter.get_finished_spans() == ()
-    provider.shutdown()
+    assert tracing.batch_span([], {}) is tracing.OFF
+
+
+def sampled_spans(sampler: Any) -> tuple[InMemorySpanExporter, TracerProvider]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter, provider
+
+
+@pytest.mark.parametrize("flags", ["01", "00"])
+def test_a_batch_is_kept_exactly_when_a_request_it_ran_is(
+    settings: Settings, weather: np.ndarray, flags: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a sampler keeping 1 trace in 10**9 (and following a parent's choice), a sampled request's batch is
+    still there, and an unsampled request's batch is not."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.000000001")
+    exporter, provider = sampled_spans(tracing.sampler())
+    tracing.start(provider)
+    try:
+        with app_client(settings, inline_max_steps=0) as c:
+            r = c.post("/predict", json=body(weather), headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-{flags}"})
+            assert r.status_code == 200
+            assert c.post("/predict", json=body(weather)).status_code == 200  # a root: the ratio drops it
+    finally:
+        tracing.stop()
+        provider.shutdown()
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    if flags == "01":
+        assert names == ["POST /predict", "batch", "decode", "encode", "infer", "queue"]
+        (batch,) = named(exporter, "batch")
+        (infer,) = named(exporter, "infer")
+        assert [link.context.span_id for link in batch.links] == [infer.context.span_id]
+    else:
+        assert names == []
 
 
 def test_a_real_server_exports_over_otlp_from_the_variables_alone(repo: Path, weather: np.ndarray) -> None:
@@ -275,3 +320,32 @@ def test_a_server_refuses_an_exporter_it_lacks(repo: Path) -> None:
     )
     assert done.returncode == 2
     assert "OTEL_TRACES_EXPORTER: 'jaeger' is not one of none, otlp, console" in done.stderr
+
+
+def test_lstm_client_carries_the_callers_trace(
+    settings: Settings, provider: TracerProvider, spans: InMemorySpanExporter, weather: np.ndarray
+) -> None:
+    """The client sends the current span as traceparent: over gRPC the service's span is its child; over HTTP
+    (a scripted server) the header names it."""
+    from opentelemetry import trace
+
+    port, sent = free_port(), []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("traceparent"))
+        doc = {"outputs": [[[0.5]]], "hn": [[[0.0]]], "cn": [[[0.0]]], "model": {"name": "m", "version": "1"}}
+        return httpx.Response(200, json=doc)
+
+    tracer = trace.get_tracer("test", tracer_provider=provider)
+    with app_client(settings, grpc_port=port), tracer.start_as_current_span("caller") as caller:
+        with Client(f"grpc://127.0.0.1:{port}", model="tiny") as rpc:
+            rpc.predict([weather[:4]])
+        with Client("http://lstm.invalid", transport=httpx.MockTransport(server)) as http:
+            http.predict([[[1.0]]])
+    ids = caller.get_span_context()
+    (top,) = named(spans, "inference.GRPCInferenceService/ModelInfer")
+    assert top.context.trace_id == ids.trace_id and top.parent is not None and top.parent.span_id == ids.span_id
+    assert sent == [f"00-{hexid(ids.trace_id, 32)}-{hexid(ids.span_id)}-{ids.trace_flags:02x}"]
+    with Client("http://lstm.invalid", transport=httpx.MockTransport(server)) as http:
+        http.predict([[[1.0]]])  # outside any span: nothing to continue
+    assert sent[-1] is None

@@ -25,8 +25,9 @@ numbered, so the server answers a repeat without applying it twice). When the re
 answer raises ``ServiceError`` (its ``status`` and ``detail``), and the last connection error a
 ``ServiceError`` whose ``status`` is None (the ``httpx`` error as its cause).
 Over gRPC the same calls are retried on UNAVAILABLE and DEADLINE_EXCEEDED, and on ABORTED with
-``retry-after``; ``ServiceError.status`` is the HTTP status the code stands for (None when the service never
-answered), ``ServiceError.code`` the code's name.
+``retry-after``; ``ServiceError.status`` is the HTTP status the code stands for (None when the call never
+reached the service), ``ServiceError.code`` the code's name.
+Where OpenTelemetry is installed, each call carries the caller's current span (``traceparent``).
 WebSocket streams are not retried: a server-held sequence resumes on a new connection by its id.
 """
 
@@ -40,14 +41,15 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 
 ArrayLike = Sequence[Any] | np.ndarray
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,7 +68,7 @@ def _body(inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | Non
 
 
 def _prediction(answer: httpx.Response) -> Prediction:
-    doc = _answered(answer).json()
+    doc = answer.json()
     return Prediction(
         [np.asarray(o, dtype=np.float32) for o in doc["outputs"]],
         np.asarray(doc["hn"], dtype=np.float32),
@@ -121,41 +123,60 @@ MAX_PAUSE_S = 5.0  # the longest wait between two attempts, whatever Retry-After
 RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
-def _pause(answer: httpx.Response | None, attempt: int, retries: int) -> float | None:
-    """How long to wait before sending a request again (no answer, or one that says to retry), or None when
-    what came back is final."""
-    if answer is None:
-        return _wait(True, None, attempt, retries)
-    asked = answer.headers.get("retry-after")
-    retry = answer.status_code in RETRY_STATUSES or (answer.status_code == 409 and asked is not None)
-    return _wait(retry, asked, attempt, retries)
+class _Attempt(Exception):
+    """An attempt that failed: whether another may succeed, the Retry-After it was given, and the error to raise
+    when no attempt is left (with its cause: the transport's own error, if any)."""
+
+    def __init__(self, retry: bool, asked: str | None, error: ServiceError, cause: BaseException | None) -> None:
+        super().__init__(error)
+        self.retry, self.asked, self.error, self.cause = retry, asked, error, cause
 
 
-def _wait(retry: bool, asked: str | None, attempt: int, retries: int) -> float | None:
+def _wait(failed: _Attempt, attempt: int, retries: int) -> float | None:
     """The pause before attempt ``attempt + 1``, or None when there is none. Backoff doubles from 50 ms,
     jittered so that clients failed together do not retry together; a Retry-After is honoured up to
     ``MAX_PAUSE_S``."""
-    if attempt >= retries or not retry:
+    if attempt >= retries or not failed.retry:
         return None
     backoff = 0.05 * 2.0**attempt * (0.5 + random.random())
     try:
-        seconds = float(asked) if asked else backoff
+        seconds = float(failed.asked) if failed.asked else backoff
     except ValueError:
         seconds = backoff  # an HTTP date, or nonsense: back off as without one
-    return min(seconds, MAX_PAUSE_S) if math.isfinite(seconds) and seconds >= 0 else min(backoff, MAX_PAUSE_S)
+    return min(seconds if math.isfinite(seconds) and seconds >= 0 else backoff, MAX_PAUSE_S)
 
 
-def _grpc_error(failed: Any) -> ServiceError:
-    """A failed gRPC call (``_grpc.Failed``) as the one error type."""
-    detail = failed.detail if failed.status is not None else f"no answer: {failed.code} {failed.detail}"
-    return ServiceError(failed.status, detail, failed.code)
+def _checked(answer: httpx.Response) -> httpx.Response:
+    """A 200 answer, or the failed attempt it is: sent again on 502/503/504 and on a 409 with Retry-After."""
+    if answer.status_code == 200:
+        return answer
+    asked = answer.headers.get("retry-after") or None
+    retry = answer.status_code in RETRY_STATUSES or (answer.status_code == 409 and asked is not None)
+    raise _Attempt(retry, asked, ServiceError(answer.status_code, answer.text), None)
 
 
-def _final(answer: httpx.Response | None, failure: Exception | None) -> httpx.Response:
-    if answer is None:
-        assert failure is not None
-        raise ServiceError(None, f"no answer: {failure!r}") from failure
-    return answer
+def _unanswered(failure: Exception) -> _Attempt:
+    return _Attempt(True, None, ServiceError(None, f"no answer: {failure!r}"), failure)
+
+
+_propagator: Any = None  # opentelemetry's, where it is installed (found on first use); False where it is not
+
+
+def _trace_context() -> dict[str, str]:
+    """The caller's current trace as W3C ``traceparent`` (and ``tracestate``) headers, so the service's spans
+    continue it; nothing without OpenTelemetry or outside a span."""
+    global _propagator
+    if _propagator is None:
+        try:
+            from opentelemetry import propagate
+
+            _propagator = propagate
+        except ImportError:
+            _propagator = False
+    carrier: dict[str, str] = {}
+    if _propagator:
+        _propagator.inject(carrier)
+    return carrier
 
 
 class _Base:
@@ -222,37 +243,33 @@ class Client(_Base):
     def _infer(
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
     ) -> Prediction:
-        if self.rpc is None:
-            body = _body(inputs, h0, c0)
-            if sequence is not None:
-                body["sequence"] = sequence
-            return _prediction(self._post(body))
-        from ._grpc import Failed
+        if self.rpc is not None:
+            call, lengths = self._rpc_call(inputs, h0, c0, sequence)
+            return self._rpc_prediction(self._retried(lambda: self.rpc.infer(call, _trace_context())), lengths)
+        body = _body(inputs, h0, c0)
+        if sequence is not None:
+            body["sequence"] = sequence
+        path = _predict_path(self.model, self.version)
 
-        call, lengths = self._rpc_call(inputs, h0, c0, sequence)
-        attempt = 0
-        while True:
+        def send() -> httpx.Response:
             try:
-                return self._rpc_prediction(self.rpc.infer(call), lengths)
-            except Failed as failed:
-                pause = _wait(failed.retryable, failed.asked, attempt, self.retries)
-                if pause is None:
-                    raise _grpc_error(failed) from failed
-            time.sleep(pause)
-            attempt += 1
-
-    def _post(self, body: dict[str, Any]) -> httpx.Response:
-        """POST to the model's predict route, sent again while the answer says to (see the module's text)."""
-        attempt = 0
-        while True:
-            answer, failure = None, None
-            try:
-                answer = self.http.post(_predict_path(self.model, self.version), json=body)
+                answer = self.http.post(path, json=body, headers=_trace_context())
             except RETRYABLE as e:
-                failure = e
-            pause = _pause(answer, attempt, self.retries)
-            if pause is None:
-                return _final(answer, failure)
+                raise _unanswered(e) from e
+            return _checked(answer)
+
+        return _prediction(self._retried(send))
+
+    def _retried(self, send: Callable[[], T]) -> T:
+        """``send()``, again while its failure says another attempt may succeed (see the module's text)."""
+        attempt = 0
+        while True:
+            try:
+                return send()
+            except _Attempt as failed:
+                pause = _wait(failed, attempt, self.retries)
+                if pause is None:
+                    raise failed.error from failed.cause
             time.sleep(pause)
             attempt += 1
 
@@ -315,7 +332,8 @@ class Stream(_Carried):
             from websockets.sync.client import connect
 
             model = client.model or client.default_model()
-            self._ws = self._open.enter_context(connect(client._ws_url(model), additional_headers=client.headers))
+            headers = {**client.headers, **_trace_context()}
+            self._ws = self._open.enter_context(connect(client._ws_url(model), additional_headers=headers))
 
     def send(self, chunk: ArrayLike) -> np.ndarray:
         """The next chunk ([steps][features]); returns its outputs [steps, outputs]."""
@@ -391,36 +409,32 @@ class AsyncClient(_Base):
     async def _infer(
         self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
     ) -> Prediction:
-        if self.rpc is None:
-            body = _body(inputs, h0, c0)
-            if sequence is not None:
-                body["sequence"] = sequence
-            return _prediction(await self._post(body))
-        from ._grpc import Failed
+        if self.rpc is not None:
+            call, lengths = self._rpc_call(inputs, h0, c0, sequence)
+            return self._rpc_prediction(await self._retried(lambda: self.rpc.infer(call, _trace_context())), lengths)
+        body = _body(inputs, h0, c0)
+        if sequence is not None:
+            body["sequence"] = sequence
+        path = _predict_path(self.model, self.version)
 
-        call, lengths = self._rpc_call(inputs, h0, c0, sequence)
-        attempt = 0
-        while True:
+        async def send() -> httpx.Response:
             try:
-                return self._rpc_prediction(await self.rpc.infer(call), lengths)
-            except Failed as failed:
-                pause = _wait(failed.retryable, failed.asked, attempt, self.retries)
-                if pause is None:
-                    raise _grpc_error(failed) from failed
-            await asyncio.sleep(pause)
-            attempt += 1
-
-    async def _post(self, body: dict[str, Any]) -> httpx.Response:
-        attempt = 0
-        while True:
-            answer, failure = None, None
-            try:
-                answer = await self.http.post(_predict_path(self.model, self.version), json=body)
+                answer = await self.http.post(path, json=body, headers=_trace_context())
             except RETRYABLE as e:
-                failure = e
-            pause = _pause(answer, attempt, self.retries)
-            if pause is None:
-                return _final(answer, failure)
+                raise _unanswered(e) from e
+            return _checked(answer)
+
+        return _prediction(await self._retried(send))
+
+    async def _retried(self, send: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await send()
+            except _Attempt as failed:
+                pause = _wait(failed, attempt, self.retries)
+                if pause is None:
+                    raise failed.error from failed.cause
             await asyncio.sleep(pause)
             attempt += 1
 
@@ -441,7 +455,7 @@ class AsyncClient(_Base):
             from websockets.asyncio.client import connect
 
             model = self.model or await self.default_model()
-            ws = connect(self._ws_url(model), additional_headers=self.headers)
+            ws = connect(self._ws_url(model), additional_headers={**self.headers, **_trace_context()})
             stream._ws = await stream._open.enter_async_context(ws)
         return stream
 

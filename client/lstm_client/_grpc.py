@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from . import ServiceError, _Attempt
+
 try:
     import grpc
     from tritonclient.grpc import service_pb2 as pb
@@ -32,20 +34,20 @@ STATUSES = {
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class Failed(Exception):
-    """A call that failed: the HTTP status its code stands for (None when the service never answered: its
-    answers carry an x-request-id), the code's name, the detail, whether to retry, and retry-after."""
-
-    def __init__(self, error: grpc.RpcError) -> None:
-        code, detail = error.code(), error.details() or ""
-        trailers = dict(error.trailing_metadata() or ())
-        answered = "x-request-id" in trailers  # the service sets it on every call it takes
-        self.status = STATUSES.get(code, 500) if answered else None
-        self.code, self.detail = code.name, detail
-        asked = trailers.get("retry-after")
-        self.asked = asked if isinstance(asked, str) else None
-        self.retryable = code in RETRY_CODES or (code == grpc.StatusCode.ABORTED and self.asked is not None)
-        super().__init__(self.status, self.code, self.detail)
+def failed(error: grpc.RpcError) -> _Attempt:
+    """A failed call as an attempt: the HTTP status its code stands for, the detail, whether to send it again.
+    The service marks every call it takes with an ``x-request-id`` trailer: UNAVAILABLE or DEADLINE_EXCEEDED
+    without one never reached it (no connection, or gRPC gave up), and has no status."""
+    code, detail = error.code(), error.details() or ""
+    trailers = dict(error.trailing_metadata() or ())
+    asked = trailers.get("retry-after")
+    asked = asked if isinstance(asked, str) and asked else None
+    retry = code in RETRY_CODES or (code == grpc.StatusCode.ABORTED and asked is not None)
+    if "x-request-id" not in trailers and code in RETRY_CODES:
+        problem = ServiceError(None, f"no answer: {code.name} {detail}", code.name)
+    else:
+        problem = ServiceError(STATUSES.get(code, 500), detail, code.name)
+    return _Attempt(retry, asked, problem, error)
 
 
 def target(url: str) -> tuple[str, bool]:
@@ -79,9 +81,13 @@ def request(
     tensors = [("x", x)]
     if len(set(lengths)) > 1:
         tensors.append(("lengths", np.asarray(lengths, dtype=np.int32)))
-    if h0 is not None or c0 is not None:
-        for name, state in (("h0", h0), ("c0", c0)):
-            tensors.append((name, np.ascontiguousarray(np.asarray(state, dtype=np.float32).swapaxes(0, 1))))
+    if (h0 is None) != (c0 is None):
+        raise ValueError("h0 and c0: give both or neither")
+    if h0 is not None:
+        for name, state in (("h0", np.asarray(h0, dtype=np.float32)), ("c0", np.asarray(c0, dtype=np.float32))):
+            if state.ndim != 3:
+                raise ValueError(f"{name}: {list(state.shape)} is not [batch][layers][hidden]")
+            tensors.append((name, np.ascontiguousarray(state.swapaxes(0, 1))))
     call = pb.ModelInferRequest(model_name=model, model_version=version or "")
     for name, array in tensors:
         datatype = "INT32" if array.dtype == np.int32 else "FP32"
@@ -119,11 +125,12 @@ class Channel:
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.metadata, self.timeout = metadata, timeout
 
-    def infer(self, call: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def infer(self, call: pb.ModelInferRequest, trace: dict[str, str]) -> pb.ModelInferResponse:
+        """One attempt (``trace``: the caller's trace context, sent as metadata)."""
         try:
-            return self.stub.ModelInfer(call, timeout=self.timeout, metadata=self.metadata)
+            return self.stub.ModelInfer(call, timeout=self.timeout, metadata=[*self.metadata, *trace.items()])
         except grpc.RpcError as e:
-            raise Failed(e) from e
+            raise failed(e) from e
 
     def close(self) -> None:
         self.channel.close()
@@ -138,7 +145,7 @@ class AsyncChannel:
         self.channel: grpc.aio.Channel | None = None
         self.stub: Any = None
 
-    async def infer(self, call: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def infer(self, call: pb.ModelInferRequest, trace: dict[str, str]) -> pb.ModelInferResponse:
         if self.channel is None:
             aio = grpc.aio
             self.channel = (
@@ -146,9 +153,9 @@ class AsyncChannel:
             )
             self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         try:
-            return await self.stub.ModelInfer(call, timeout=self.timeout, metadata=self.metadata)
+            return await self.stub.ModelInfer(call, timeout=self.timeout, metadata=[*self.metadata, *trace.items()])
         except grpc.RpcError as e:
-            raise Failed(e) from e
+            raise failed(e) from e
 
     async def close(self) -> None:
         if self.channel is not None:

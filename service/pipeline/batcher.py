@@ -158,8 +158,7 @@ class Batcher:
             return timed_predict(self.engine, merged)
         for waiting, _ in traced:  # their wait ends: the batch they are in runs
             waiting.end()
-        spec = self.engine.spec
-        attributes = tracing.batch_attributes(spec, len(jobs), merged.size, merged.steps)
+        attributes = tracing.batch_attributes(self.engine.spec, len(jobs), merged.size, merged.steps)
         with tracing.batch_span([request for _, request in traced], attributes):
             return timed_predict(self.engine, merged)
 

@@ -177,7 +177,7 @@ class InferenceService:
         async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
             start, status, request_id = time.perf_counter(), 500, _request_id(context)
             context.set_trailing_metadata((("x-request-id", request_id),))
-            with _span(name, context, request_id) as top:
+            with (tracing.OFF if open_ else _span(name, context, request_id)) as top:  # probes: not traced
                 try:
                     if not open_ and not self._authorized(context):
                         metrics.REJECTED.labels("unauthorized").inc()
@@ -201,7 +201,7 @@ class InferenceService:
                     raise
                 finally:
                     _answered(route, status, start, request_id, context)
-                    tracing.record_status(top, status)
+                    _record(top, status)
 
         return handle
 
@@ -246,7 +246,7 @@ class InferenceService:
                         response = pb.ModelStreamInferResponse(error_message="internal error", infer_response=answer)
                     finally:
                         _answered("grpc/ModelStreamInfer", status, start, request_id, context)
-                        tracing.record_status(top, status)
+                        _record(top, status)
                 yield response
         finally:
             self.streams -= 1
@@ -312,6 +312,13 @@ def _span(method: str, context: grpc.aio.ServicerContext, request_id: str) -> An
     carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
     attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "lstm.request_id": request_id}
     return tracing.server_span(f"{SERVICE}/{method}", carrier, **attributes)
+
+
+def _record(span: Any, status: int) -> None:
+    """A call's outcome on its span: the pipeline's status, and the gRPC code it was answered with."""
+    tracing.record_status(span, status)
+    code = grpc.StatusCode.OK if status == 200 else CODES.get(status, grpc.StatusCode.INTERNAL)
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
 
 
 def _answered(route: str, status: int, start: float, request_id: str, context: grpc.aio.ServicerContext) -> None:

@@ -254,6 +254,9 @@ async def serve_stream(
                 except ServiceError as e:
                     tracing.record_status(top, e.status)
                     raise close_for(e) from None
+                except Exception:
+                    tracing.record_status(top, 500)
+                    raise
                 tracing.record_status(top, 200)
             await ws.send_text(answer.decode())
             answered += 1
