@@ -177,7 +177,7 @@ class InferenceService:
         async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
             start, status, request_id = time.perf_counter(), 500, _request_id(context)
             context.set_trailing_metadata((("x-request-id", request_id),))
-            with (tracing.OFF if open_ else _span(name, context, request_id)) as top:  # probes: not traced
+            with tracing.OFF if open_ else _span(name, context, request_id) as top:  # probes: not traced
                 try:
                     if not open_ and not self._authorized(context):
                         metrics.REJECTED.labels("unauthorized").inc()
