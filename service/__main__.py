@@ -3,7 +3,7 @@
 Before any worker starts, every model is loaded once: a missing, unreadable or corrupt model, or one
 whose inputs are not what the service drives, stops start-up with one error line and exit code 2; so does a
 gRPC port (``LSTM_GRPC_PORT``) another process holds, or a trace exporter this server cannot use
-(``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_PROTOCOL``).
+(``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_PROTOCOL``, ``OTEL_PROPAGATORS``, the SDK's own variables).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def preflight() -> None:
     from .model.engine import Engine
 
     s = get_settings()
-    tracing.wanted()
+    tracing.check()
     if s.grpc_port is not None:
         # The workers open it with SO_REUSEPORT, which would share it with any other server of this user: a
         # port already taken is refused here, once, instead.
@@ -66,10 +66,11 @@ def main() -> int:
     except (ModelLoadError, OSError, ValueError) as e:
         log.error("cannot serve: %s", e)
         return STARTUP_FAILURE
+    folders = []  # made for this server's workers, removed when it stops
     if s.metrics and (s.workers or 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Every worker writes its metrics here; /metrics adds them up (set before they import prometheus).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-metrics-")
-    folders = []
+        folders.append(tempfile.mkdtemp(prefix="lstm-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folders[-1]
     if s.model_control == "explicit" and (s.workers or 1) > 1 and not os.environ.get(CONTROL_JOURNAL_ENV):
         # A load or unload answered by one worker is written here; the others follow it.
         folders.append(tempfile.mkdtemp(prefix="lstm-control-"))

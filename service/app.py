@@ -128,8 +128,10 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         return Response(body, status_code=status, headers=headers, media_type=content_type.decode())
 
     app.add_exception_handler(ServiceError, typed_error)
-    # Outside FastAPI's own stack, outermost first: RequestContext, CORS, the key check, the fast path.
+    # Outside FastAPI's own stack, outermost first: RequestContext, CORS, the key check, traces, the fast path.
     edge: ASGIApp = FastPath(app.route, app) if s.fast_path else app.route
+    if tracing.enabled():  # else not even one test per request
+        edge = tracing.TraceRequests(edge)
     if s.api_keys:
         edge = ApiKeyAuth(edge, keys=s.api_keys)
     if s.cors_origins:
@@ -141,8 +143,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After"],
         )
     app.edge = RequestContext(edge, metrics_on=s.metrics)
-    if tracing.enabled():  # else not even one test per request
-        app.edge = tracing.TraceRequests(app.edge)
 
     described: list[Engine] = []  # the engine the cached schema describes: the default model's, as it was
 

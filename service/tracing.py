@@ -16,18 +16,19 @@ thread does not survive a fork), with a batch span processor and the exporter th
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .model.contract import ModelSpec
-from .server.middleware import OPEN_ROUTES
+from .server.middleware import OPEN_ROUTES, final_status
 
 UNTRACED = OPEN_ROUTES  # health probes and metrics scrapes: a span each every few seconds tells nothing
 TRACER: Tracer | None = None  # set while traces are on (``start``), else None
@@ -35,6 +36,8 @@ SERVICE_NAME = "lstm-service"  # the resource's service.name unless OTEL_SERVICE
 EXPORTERS = ("otlp", "console")  # what OTEL_TRACES_EXPORTER may name, besides "none"
 PROTOCOLS = ("http/protobuf", "grpc")  # OTLP's transports (OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL)
 _provider: Any = None  # the SDK's TracerProvider this module built, shut down by ``stop``
+_extract: Callable[[Mapping[str, str]], otel_context.Context] | None = None  # OTEL_PROPAGATORS', while on
+FLUSH_S = 3.0  # at stop, the longest the spans still queued may take to go out (a collector down: lost)
 
 
 def wanted(env: Mapping[str, str] = os.environ) -> list[str]:
@@ -67,23 +70,50 @@ def enabled() -> bool:
     return TRACER is not None or bool(wanted())
 
 
+def check() -> None:
+    """Refuse (``ValueError``) trace settings this server cannot use, before any worker starts: the propagators
+    (FastAPI reads them at import too, traces on or off), the exporter and protocol, and the SDK's own variables
+    (a provider is built from them, and dropped)."""
+    _propagators()
+    names = wanted()
+    if names:
+        try:
+            _from_env(names).shutdown()
+        except Exception as e:
+            raise ValueError(f"traces: {e}") from None
+
+
+def _propagators() -> Callable[[Mapping[str, str]], otel_context.Context]:
+    """What reads a trace from headers, as ``OTEL_PROPAGATORS`` says: imported only while traces are on (the
+    import reads the variable and fails on a name it does not know)."""
+    try:
+        from opentelemetry import propagate
+    except Exception as e:
+        raise ValueError(f"OTEL_PROPAGATORS: {e}") from None
+    return propagate.extract
+
+
 def start(provider: Any = None) -> None:
     """Trace with ``provider`` (an SDK ``TracerProvider``; a test's, with its own exporter), or with one built from
     the environment as ``wanted`` reads it. Kept to this module: the process's global provider stays the
     API's own, so a library that traces on its own is not sent to our exporter by accident."""
-    global TRACER, _provider
+    global TRACER, _provider, _extract
+    _extract = _propagators()
     if provider is None:
         provider = _provider = _from_env(wanted())
     TRACER = provider.get_tracer("service")
 
 
 def stop() -> None:
-    """Export what is left and stop tracing (a provider a test gave is the test's to shut down)."""
-    global TRACER, _provider
-    TRACER = None
+    """Stop tracing, and give the spans still queued ``FLUSH_S`` to go out: a collector that is down or slow
+    must not hold up the stop (a provider a test gave is the test's to shut down)."""
+    global TRACER, _provider, _extract
+    TRACER = _extract = None
     if _provider is not None:
-        _provider.shutdown()
+        closing = threading.Thread(target=_provider.shutdown, name="trace-flush", daemon=True)
         _provider = None
+        closing.start()
+        closing.join(FLUSH_S)
 
 
 def _from_env(names: list[str]) -> Any:
@@ -95,7 +125,8 @@ def _from_env(names: list[str]) -> Any:
     given = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
     if str(given.attributes.get(NAME_KEY, "")).startswith("unknown_service"):
         given = given.merge(Resource({NAME_KEY: SERVICE_NAME}))
-    provider = TracerProvider(resource=given, sampler=sampler())
+    # shutdown_on_exit: not at exit, where a collector that is down would hold the process up (``stop``)
+    provider = TracerProvider(resource=given, sampler=sampler(), shutdown_on_exit=False)
     for name in names:
         if name == "console":
             exporter: Any = ConsoleSpanExporter()
@@ -153,9 +184,9 @@ def server_span(name: str, carrier: Mapping[str, str] | None = None, **attribute
     """A request's server span, current within the ``with`` (or OFF): it continues the trace ``carrier`` (headers,
     gRPC metadata) names, or with none the current one (a stream's message, within its connection's). Its
     outcome is the caller's to say (``record_status``): a client's error is not the server's."""
-    if TRACER is None:
+    if TRACER is None or _extract is None:
         return OFF
-    parent = propagate.extract(carrier) if carrier is not None else None
+    parent = _extract(carrier) if carrier is not None else None
     return TRACER.start_as_current_span(
         name,
         context=parent,
@@ -238,20 +269,20 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 class TraceRequests:
-    """Pure ASGI, outermost: each HTTP request (but health and metrics) in a server span that continues the
-    client's ``traceparent``. A WebSocket connection's messages are spans of their own
-    (``service.protocols.websocket``): the handshake's trace is made current for the connection, as their
-    parent. Installed only while traces are on."""
+    """Pure ASGI, after the key check (a request without a key is no one's trace): each HTTP request but health
+    and metrics in a server span that continues the client's ``traceparent``. A WebSocket connection's messages
+    are spans of their own (``service.protocols.websocket``): the handshake's trace is made current for the
+    connection, as their parent. Installed only while traces are on."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if TRACER is None or scope["type"] not in ("http", "websocket") or scope["path"] in UNTRACED:
+        if _extract is None or scope["type"] not in ("http", "websocket") or scope["path"] in UNTRACED:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
-            token = otel_context.attach(propagate.extract(_headers(scope)))
+            token = otel_context.attach(_extract(_headers(scope)))
             try:
                 await self.app(scope, receive, send)
             finally:
@@ -259,6 +290,9 @@ class TraceRequests:
             return
         route = metrics.route_label(scope["path"])  # bounded: the metrics' label, not a template
         attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "url.scheme": scope["scheme"]}
+        request_id = scope.get("state", {}).get("request_id")  # RequestContext's, outside
+        if request_id:
+            attributes["lstm.request_id"] = request_id
         with server_span(f"{scope['method']} {route}", _headers(scope), **attributes) as top:
             status = 500  # unless the app answers otherwise
 
@@ -271,8 +305,6 @@ class TraceRequests:
             try:
                 await self.app(scope, receive, sent)
             finally:
-                request_id = scope.get("state", {}).get("request_id")
-                if request_id:
-                    top.set_attribute("lstm.request_id", request_id)
+                status = final_status(scope, status)
                 top.set_attribute("http.response.status_code", status)
                 record_status(top, status)

@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from bench.otlp_sink import OtlpSink
 from service import tracing
+from service.server.middleware import CLIENT_LEFT, final_status
 from service.settings import Settings
 
 from .conftest import ROOT, app_client, free_port, running_server
@@ -238,10 +239,17 @@ def test_grpc_calls_continue_the_trace_in_their_metadata(
         assert set(children(spans, top)) == {"decode", "infer", "encode"}
 
 
+def edge_chain(app: Any) -> Iterator[Any]:
+    """The app's pure-ASGI middleware, outermost first."""
+    while app is not None:
+        yield app
+        app = getattr(app, "app", None)
+
+
 def test_off_there_are_no_spans_and_no_middleware(settings: Settings, weather: np.ndarray) -> None:
     assert tracing.TRACER is None and not tracing.enabled()
     with app_client(settings) as c:
-        assert type(c.app.edge) is not tracing.TraceRequests  # type: ignore[attr-defined]
+        assert not [m for m in edge_chain(c.app.edge) if isinstance(m, tracing.TraceRequests)]  # type: ignore[attr-defined]
         assert c.post("/predict", json=body(weather), headers={"traceparent": TRACEPARENT}).status_code == 200
         assert tracing.TRACER is None  # the lifespan built no tracer either
     assert tracing.span("decode") is tracing.OFF and tracing.server_span("x", {}) is tracing.OFF
@@ -313,15 +321,6 @@ def test_a_real_server_exports_over_otlp_from_the_variables_alone(repo: Path, we
     assert len(names["decode"]) == len(names["infer"]) == len(names["encode"]) == 6
 
 
-def test_a_server_refuses_an_exporter_it_lacks(repo: Path) -> None:
-    env = {**os.environ, "LSTM_MODEL_REPOSITORY": str(repo), "LSTM_PROVIDER": "cpu", "OTEL_TRACES_EXPORTER": "jaeger"}
-    done = subprocess.run(
-        [sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2
-    assert "OTEL_TRACES_EXPORTER: 'jaeger' is not one of none, otlp, console" in done.stderr
-
-
 def test_lstm_client_carries_the_callers_trace(
     settings: Settings, provider: TracerProvider, spans: InMemorySpanExporter, weather: np.ndarray
 ) -> None:
@@ -349,3 +348,46 @@ def test_lstm_client_carries_the_callers_trace(
     with Client("http://lstm.invalid", transport=httpx.MockTransport(server)) as http:
         http.predict([[[1.0]]])  # outside any span: nothing to continue
     assert sent[-1] is None
+
+
+def test_keys_come_before_traces_and_a_client_that_left_is_499(
+    settings: Settings, spans: InMemorySpanExporter, weather: np.ndarray
+) -> None:
+    with app_client(settings, api_keys=["k"]) as c:
+        chain = [type(m).__name__ for m in edge_chain(c.app.edge)]  # type: ignore[attr-defined]
+        assert chain.index("ApiKeyAuth") < chain.index("TraceRequests")
+        r = c.post("/predict", json=body(weather), headers={"traceparent": TRACEPARENT})
+        assert r.status_code == 401  # no key: no span, whatever the client's trace says
+    assert spans.get_finished_spans() == ()
+    scope = {"state": {CLIENT_LEFT: lambda: True}}
+    assert final_status(scope, 200) == 499 and final_status({"state": {}}, 200) == 200
+
+
+def test_a_stop_waits_for_no_collector_that_is_down(repo: Path, weather: np.ndarray) -> None:
+    down = free_port()  # nothing listens: every export fails, and would be retried for seconds
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{down}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    with running_server(repo, env) as (url, proc):
+        for _ in range(5):
+            assert httpx.post(f"{url}/predict", json=body(weather)).status_code == 200
+        time.sleep(0.5)  # the exporter is retrying by now
+        start = time.monotonic()
+        proc.terminate()
+        assert proc.wait(30) == 0
+        assert time.monotonic() - start < tracing.FLUSH_S + 5
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER: 'jaeger' is not one of none, otlp, console"),
+        ({"OTEL_PROPAGATORS": "b3"}, "OTEL_PROPAGATORS: Propagator b3 not found"),  # traces off: FastAPI reads it
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_MAX_QUEUE_SIZE": "-5"}, "traces:"),
+    ],
+)
+def test_a_server_refuses_trace_settings_it_cannot_use(repo: Path, env: dict[str, str], says: str) -> None:
+    full = {**os.environ, "LSTM_MODEL_REPOSITORY": str(repo), "LSTM_PROVIDER": "cpu", **env}
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "cannot serve" in done.stderr and says in done.stderr
+    assert "Traceback" not in done.stderr

@@ -171,7 +171,7 @@ def _trace_context() -> dict[str, str]:
             from opentelemetry import propagate
 
             _propagator = propagate
-        except ImportError:
+        except Exception:  # not installed, or OTEL_PROPAGATORS names one that is not: calls go without
             _propagator = False
     carrier: dict[str, str] = {}
     if _propagator:
@@ -185,7 +185,7 @@ class _Base:
         url: str = "http://127.0.0.1:8000",
         *,
         model: str | None = None,
-        version: str | None = None,
+        version: str | int | None = None,
         api_key: str | None = None,
         timeout: float = 40.0,  # longer than the service's default deadline (LSTM_REQUEST_TIMEOUT_S): not cut off first
         retries: int = 5,  # about 1.5 s of backoff without an answer: a dead replica is out of the balancer by then
@@ -193,8 +193,11 @@ class _Base:
     ) -> None:
         if version is not None and model is None:
             raise ValueError("version: name the model too (model=...); the default model's version is the server's")
+        if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip()):
+            raise ValueError("api_key: printable ASCII, as the server's LSTM_API_KEYS holds it")
+        version = None if version is None else str(version)
         self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
-        self.grpc = url.startswith(("grpc://", "grpcs://"))
+        self.grpc = url.lower().startswith(("grpc://", "grpcs://"))
         if self.grpc and model is None:
             raise ValueError("grpc:// needs the model (model=...): the protocol names it in every call")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -23,7 +23,7 @@ STATUSES = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,  # a call too large (429, too many streams, is for streams only)
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -53,10 +53,10 @@ def failed(error: grpc.RpcError) -> _Attempt:
 def target(url: str) -> tuple[str, bool]:
     """host:port of a grpc:// or grpcs:// URL, and whether it is TLS."""
     scheme, _, rest = url.partition("://")
-    address = rest.split("/", 1)[0]
-    if not address:
-        raise ValueError(f"{url!r}: name the host and port, as grpc://host:port")
-    return address, scheme == "grpcs"
+    address, _, path = rest.partition("/")
+    if not address.rpartition(":")[2].isdigit() or path:
+        raise ValueError(f"{url!r}: name the host and port, and nothing after them: grpc://host:port")
+    return address, scheme.lower() == "grpcs"
 
 
 def request(
@@ -71,9 +71,12 @@ def request(
     when they differ) and states ([batch][layers][hidden], sent as the graph's [layers, batch, hidden]); and
     each sequence's steps."""
     seqs = [np.asarray(s, dtype=np.float32) for s in inputs]
+    if not seqs:
+        raise ValueError("inputs: no sequence")
     for i, s in enumerate(seqs):
-        if s.ndim != 2 or s.shape[1:] != seqs[0].shape[1:]:
-            raise ValueError(f"inputs[{i}]: {list(s.shape)} is not [steps][features] as inputs[0] ({seqs[0].shape})")
+        if s.ndim != 2 or not len(s) or s.shape[1:] != seqs[0].shape[1:]:
+            shape = "[steps][features], at least one step, each step as long as inputs[0]'s"
+            raise ValueError(f"inputs[{i}]: shape {list(s.shape)} is not {shape}")
     lengths = [len(s) for s in seqs]
     x = np.zeros((len(seqs), max(lengths, default=0), seqs[0].shape[1] if seqs else 0), dtype=np.float32)
     for i, s in enumerate(seqs):
@@ -124,15 +127,19 @@ class Channel:
         self.channel = grpc.secure_channel(address, credentials(True)) if tls else grpc.insecure_channel(address)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.metadata, self.timeout = metadata, timeout
+        self.closed = False
 
     def infer(self, call: pb.ModelInferRequest, trace: dict[str, str]) -> pb.ModelInferResponse:
         """One attempt (``trace``: the caller's trace context, sent as metadata)."""
+        if self.closed:
+            raise RuntimeError("the client is closed")
         try:
             return self.stub.ModelInfer(call, timeout=self.timeout, metadata=[*self.metadata, *trace.items()])
         except grpc.RpcError as e:
             raise failed(e) from e
 
     def close(self) -> None:
+        self.closed = True
         self.channel.close()
 
 
@@ -144,8 +151,11 @@ class AsyncChannel:
         self.metadata, self.timeout = metadata, timeout
         self.channel: grpc.aio.Channel | None = None
         self.stub: Any = None
+        self.closed = False
 
     async def infer(self, call: pb.ModelInferRequest, trace: dict[str, str]) -> pb.ModelInferResponse:
+        if self.closed:
+            raise RuntimeError("the client is closed")
         if self.channel is None:
             aio = grpc.aio
             self.channel = (
@@ -158,5 +168,6 @@ class AsyncChannel:
             raise failed(e) from e
 
     async def close(self) -> None:
+        self.closed = True
         if self.channel is not None:
             await self.channel.close()

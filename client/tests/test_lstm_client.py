@@ -245,7 +245,7 @@ def test_grpc_sends_one_tensor_per_input_with_the_key_and_the_model(grpc_server:
         ([(grpc.StatusCode.ABORTED, None), None], 409, 1),  # a chunk out of order: final
         ([(grpc.StatusCode.UNAVAILABLE, "0")] * 4, 503, 3),  # retries=2: the third answer is final
         ([(grpc.StatusCode.INVALID_ARGUMENT, None), None], 400, 1),
-        ([(grpc.StatusCode.RESOURCE_EXHAUSTED, None), None], 429, 1),
+        ([(grpc.StatusCode.RESOURCE_EXHAUSTED, None), None], 413, 1),  # too large: never sent again
     ],
 )
 def test_what_grpc_sends_again(grpc_server: Any, answers: list[Any], status: int, sent: int) -> None:
@@ -295,3 +295,30 @@ def test_grpc_without_a_server_or_a_model() -> None:
             client.predict([np.ones((2, 4)), np.ones((2, 3))])
     again = pickle.loads(pickle.dumps(ServiceError(400, "x: bad", "INVALID_ARGUMENT")))
     assert (again.status, again.detail, again.code) == (400, "x: bad", "INVALID_ARGUMENT")
+
+
+def test_a_grpc_call_this_client_cannot_make_fails_before_it_is_sent(grpc_server: Any) -> None:
+    url, server = grpc_server([None, None])
+    for bad in ("grpc://127.0.0.1", "grpc://127.0.0.1:80/v2", "grpc://"):
+        with pytest.raises(ValueError, match="host and port"):
+            Client(bad, model="m")
+    with pytest.raises(ValueError, match="api_key"):
+        Client(url, model="m", api_key="k\nX")
+    with Client(url.upper(), model="m", version=3) as client:  # the scheme in capitals, the version a number
+        for inputs in ([], [[]], [np.ones((2, 4)), np.ones((2, 3))]):
+            with pytest.raises(ValueError, match="inputs"):
+                client.predict(inputs)
+        with pytest.raises(ValueError, match="both or neither"):
+            client.predict([[[1.0]]], h0=np.zeros((1, 1, 2)))
+        client.predict([[[1.0]]])
+    assert len(server.seen) == 1 and server.seen[0][0].model_version == "3"
+    with pytest.raises(RuntimeError, match="closed"):
+        client.predict([[[1.0]]])
+
+    async def closed() -> None:
+        client = AsyncClient(url, model="m")
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.predict([[[1.0]]])
+
+    asyncio.run(closed())

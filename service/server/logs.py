@@ -55,6 +55,13 @@ def json_formatter() -> JsonFormatter:
     return JsonFormatter()
 
 
+CLIENT_TRACE_WARNINGS = (
+    "opentelemetry.trace.propagation.tracecontext",
+    "opentelemetry.trace.span",
+    "opentelemetry.baggage.propagation",
+)
+
+
 def log_config(level: str, fmt: str) -> dict[str, Any]:
     """A logging.config dict for uvicorn.run: our format on every logger; uvicorn's own access log off
     (RequestContext writes one line per request instead)."""
@@ -73,6 +80,9 @@ def log_config(level: str, fmt: str) -> dict[str, Any]:
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
+            # What a client's trace headers may make OpenTelemetry warn of (too long, too many entries): a
+            # line per request that anyone could fill the log with. Such a header is ignored either way.
+            **{name: {"level": "ERROR"} for name in CLIENT_TRACE_WARNINGS},
         },
     }
 
