@@ -3,6 +3,7 @@ exporter), the batch's links, nothing while off, and a real server exporting ove
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -391,3 +392,18 @@ def test_a_server_refuses_trace_settings_it_cannot_use(repo: Path, env: dict[str
     )
     assert done.returncode == 2 and "cannot serve" in done.stderr and says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_warnings_a_clients_trace_headers_cause_are_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry import propagate
+
+    from service.server.logs import CLIENT_TRACE_WARNINGS, log_config
+
+    caplog.set_level(logging.WARNING)
+    tracestate = ",".join(f"k{i}=v" for i in range(40))
+    propagate.extract({"traceparent": "00-" + "a" * 600})
+    propagate.extract({"traceparent": TRACEPARENT, "tracestate": tracestate, "baggage": "k=v," * 200})
+    warned = {record.name for record in caplog.records}
+    assert warned == set(CLIENT_TRACE_WARNINGS)  # the loggers that warn are the ones silenced
+    loggers = log_config("info", "json")["loggers"]
+    assert all(loggers[name]["level"] == "ERROR" for name in CLIENT_TRACE_WARNINGS)
