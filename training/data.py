@@ -76,10 +76,29 @@ def train_stats(series: Series, split: Split) -> dict[str, list[float]]:
 
 
 def sample_windows(
-    series: Series, end: int, window: int, count: int, rng: np.random.Generator
+    series: Series,
+    end: int,
+    window: int,
+    count: int,
+    rng: np.random.Generator,
+    horizons: int = 1,
+    exclude: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`count` random windows inside rows [0, end): inputs [count, W, F], next-step targets [count, W, O]."""
-    w = min(window, end - 1)
-    starts = rng.integers(0, end - w, size=count)  # the target of the last step, row start+w, is < end
+    """`count` random windows inside rows [0, end): inputs [count, W, F], and the targets of the next
+    ``horizons`` steps, horizon-major [count, W, horizons * O]. ``exclude``: rows [a, b) that no window reads
+    or targets (a block held out)."""
+    w = min(window, end - horizons)
+    last = end - w - horizons + 1  # the last target of a window starting before it, row start+w+horizons-1, < end
+    if exclude is None:
+        starts = rng.integers(0, last, size=count)
+    else:
+        allowed = np.arange(last)
+        allowed = allowed[(allowed + w + horizons <= exclude[0]) | (allowed >= exclude[1])]
+        starts = rng.choice(allowed, size=count)
     idx = starts[:, None] + np.arange(w)[None, :]
-    return series.features[idx], series.targets[idx + 1]
+    return series.features[idx], ahead(series.targets, idx, horizons)
+
+
+def ahead(targets: np.ndarray, rows: np.ndarray, horizons: int) -> np.ndarray:
+    """The targets of rows r+1 .. r+horizons for each row r, horizon-major: [*rows.shape, horizons * targets]."""
+    return np.concatenate([targets[rows + k] for k in range(1, horizons + 1)], axis=-1)

@@ -112,19 +112,37 @@ def parity(model: LSTMForecaster, onnx_bytes: bytes, seed: int = 0) -> float:
     return worst
 
 
+def horizon_names(targets: list[str], steps: int) -> list[str]:
+    """The outputs of a head of ``steps`` horizons, horizon-major: ``temp_max+1``, ..., ``temp_max+7``."""
+    return targets if steps == 1 else [f"{t}+{k}" for k in range(1, steps + 1) for t in targets]
+
+
 def metadata(model: LSTMForecaster, ckpt: dict[str, Any], name: str, version: int, diff: float) -> dict[str, Any]:
     cfg = model.cfg
     train_cfg = ckpt["config"]["train"]
+    steps = cfg.n_outputs // len(train_cfg["targets"])
+    task = "next-step forecast: the output at step t predicts the targets at step t+1"
+    if steps > 1:
+        task = (
+            f"forecast {steps} steps ahead: output (k-1)*{len(train_cfg['targets'])}+j at step t predicts "
+            "target j at step t+k"
+        )
+    extra: dict[str, Any] = {}
+    if steps > 1 or ckpt.get("intervals"):
+        extra["horizons"] = {"steps": steps, "targets": train_cfg["targets"]}
+    if ckpt.get("intervals"):
+        extra["intervals"] = {"method": "split conformal, cross-fit residuals", **ckpt["intervals"]}
     return {
         "name": name,
         "version": str(version),
-        "task": "next-step forecast: the output at step t predicts the targets at step t+1",
+        "task": task,
         "input_size": cfg.n_features,
         "output_size": cfg.n_outputs,
         "hidden_size": cfg.hidden_size,
         "num_layers": cfg.num_layers,
         "feature_names": train_cfg["features"],
-        "target_names": train_cfg["targets"],
+        "target_names": horizon_names(train_cfg["targets"], steps),
+        **extra,
         "inputs": list(INPUTS),
         "outputs": list(OUTPUTS),
         "feature_means": ckpt["stats"]["x_mean"],  # of the training rows: typical raw inputs
@@ -164,6 +182,29 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def horizon_card(h: dict[str, Any], targets: list[str], rows: int) -> list[str]:
+    """Per horizon and target: the held-out errors against persistence and seasonal persistence, and how often
+    the intervals held the actual value."""
+    lines = [
+        "## Horizons and intervals",
+        "",
+        f"Held-out test rows ({rows}); seasonal persistence forecasts the value one year (365 rows) before. The "
+        f"intervals are split conformal: quantiles of {h['calibration_rows'][0]} cross-fit residuals per horizon "
+        "from the rows before the test rows; coverage is the share of test rows inside each central interval.",
+        "",
+        "| target | horizon | model MAE | persistence MAE | seasonal MAE | 80% covers | 95% covers |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, s in enumerate(h["test"]):
+        for j, name in enumerate(targets):
+            lines.append(
+                f"| {name} | {s['horizon']} | {s['model']['mae'][j]:.3f} | {s['persistence']['mae'][j]:.3f} | "
+                f"{s['seasonal']['mae'][j]:.3f} | {100 * h['coverage']['0.8'][k][j]:.1f}% | "
+                f"{100 * h['coverage']['0.95'][k][j]:.1f}% |"
+            )
+    return lines
+
+
 def model_card(meta: dict[str, Any]) -> str:
     """The version's model card (Markdown), from its metadata: what it does, on what data, how well."""
     m = meta["metrics"]
@@ -193,6 +234,8 @@ def model_card(meta: dict[str, Any]) -> str:
                 f"{s['persistence']['mae']:.4f} | {s['persistence']['rmse']:.4f} |"
             )
         lines += ["", "Persistence forecasts the last observed value; errors are in the targets' units."]
+        if "horizons" in m:
+            lines += ["", *horizon_card(m["horizons"], meta["horizons"]["targets"], m["rows"]["test"])]
     q = meta.get("quantization")
     if q:
         before, after = q["held_out_mae"]["float32"], q["held_out_mae"]["int8"]
@@ -217,6 +260,8 @@ def export(
     if not NAME.fullmatch(name):
         raise ExportError(f"name: {name!r} is not a model folder name (letters, digits, '.', '_', '-')")
     model, ckpt = load_checkpoint(checkpoint)
+    if ckpt["config"]["train"].get("head", "direct") != "direct":
+        raise ExportError("a rollout head is measured, not served: serving feeds no forecast back; nothing written")
     onnx_bytes = to_onnx(model)
     diff = parity(model, onnx_bytes)
     if not diff <= MAX_ABS_DIFF:

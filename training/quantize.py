@@ -67,7 +67,7 @@ def held_out_mae(onnx_bytes: bytes, series: Series, start: int) -> list[float]:
     x = series.features[None, :-1].astype(np.float32)
     zeros = np.zeros((shape[0], 1, shape[2]), dtype=np.float32)
     feeds = dict(zip(INPUTS, (x, zeros, zeros, np.array([x.shape[1]], dtype=np.int32)), strict=True))
-    y = session.run([OUTPUTS[0]], feeds)[0][0]
+    y = session.run([OUTPUTS[0]], feeds)[0][0][:, : series.targets.shape[1]]  # a head of several horizons: the first
     rows = np.arange(start, len(series.targets))
     return [float(v) for v in np.abs(y[rows - 1] - series.targets[rows]).mean(axis=0)]
 

@@ -1,0 +1,126 @@
+"""Forecasts several steps ahead: the conformal construction, the scores against the baselines, the roll-out,
+and a trained head of several horizons exported with its intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import horizons as hz
+from training.data import Series, sample_windows
+from training.export import ExportError, export
+from training.model import LSTMForecaster, ModelConfig
+from training.train import TrainConfig, train
+
+from .conftest import DATA, TINY
+
+
+def test_conformal_picks_the_ranks_that_guarantee_coverage() -> None:
+    residuals = [np.arange(1.0, 10.0)[:, None]]  # n = 9: level p above 1/2 takes rank ceil(10 p), below floor(10 p)
+    q = hz.conformal(residuals, levels=[0.05, 0.1, 0.5, 0.9, 0.95])
+    assert q[0, :, 0].tolist() == [1.0, 1.0, 5.0, 9.0, 9.0]
+
+
+def test_conformal_intervals_cover_new_residuals_at_least_as_asked() -> None:
+    """Exchangeable residuals: over many calibrations, the 80% and 95% intervals hold a new residual at least 80%
+    and 95% of the time on average, and not much more (the finite-sample rank adds at most 2 / (n + 1))."""
+    rng = np.random.default_rng(0)
+    n, trials = 150, 300
+    held = {0.8: [], 0.95: []}
+    for _ in range(trials):
+        calibration = [rng.standard_t(4, size=(n, 1))]
+        quantiles = hz.conformal(calibration)
+        covered = hz.coverage([rng.standard_t(4, size=(400, 1))], quantiles)
+        for width in held:
+            held[width].append(covered[f"{width:g}"][0][0])
+    for width, shares in held.items():
+        assert width <= np.mean(shares) <= width + 2 / (n + 1) + 0.01
+
+
+def test_scores_against_persistence_and_seasonal_persistence() -> None:
+    values = np.arange(420, dtype=np.float32)[:, None]  # each row's target is its index
+    series = Series(values, values, ["v"], ["v"])
+    origins = np.arange(417)
+    perfect = np.stack([values[origins + k] for k in (1, 2, 3)], axis=1)  # [origins, horizons, targets]
+    scores = hz.score(series, perfect, origins, 370, 400)
+    assert [s["horizon"] for s in scores] == [1, 2, 3] and all(s["rows"] == 30 for s in scores)
+    for k, s in enumerate(scores, start=1):
+        assert s["model"]["mae"] == [0.0]
+        assert s["persistence"]["mae"] == [float(k)]  # the value at the origin, k rows back
+        assert s["seasonal"]["mae"] == [float(hz.SEASON)]  # one season back
+
+
+def test_a_rollout_feeds_each_forecast_back_as_the_next_input() -> None:
+    torch.manual_seed(0)
+    model = LSTMForecaster(ModelConfig(n_features=2, n_outputs=2, hidden_size=5, num_layers=2, dropout=0.0)).eval()
+    features = np.random.default_rng(1).standard_normal((30, 2)).astype(np.float32)
+    series = Series(features, features, ["a", "b"], ["a", "b"])
+    got = hz.rollout(model, series, np.array([9, 20]), 4)
+    for i, origin in enumerate((9, 20)):
+        x = torch.from_numpy(features[None, : origin + 1])
+        h, c = model.zero_state(1)
+        with torch.no_grad():
+            y, h, c = model(x, h, c, torch.tensor([origin + 1]))
+            step = y[:, -1:]
+            want = [step[0, 0].numpy()]
+            for _ in range(3):
+                step, h, c = model(step, h, c, torch.tensor([1]))
+                want.append(step[0, 0].numpy())
+        np.testing.assert_allclose(got[i], np.stack(want), rtol=0, atol=1e-5)
+
+
+def test_windows_of_several_horizons_skip_a_held_out_block() -> None:
+    x = np.arange(100, dtype=np.float32)[:, None]
+    s = Series(x, x * 10, ["a"], ["b"])
+    xs, ys = sample_windows(s, end=80, window=8, count=500, rng=np.random.default_rng(0), horizons=3, exclude=(30, 50))
+    assert ys.shape == (500, 8, 3)
+    for k in range(3):
+        np.testing.assert_array_equal(ys[..., k], (xs[..., 0] + 1 + k) * 10)  # horizon-major: row t + k + 1
+    touched = np.concatenate([xs[..., 0].ravel(), ys.ravel() / 10])
+    assert not ((touched >= 30) & (touched < 50)).any() and touched.max() < 80
+
+
+@pytest.fixture(scope="module")
+def three_ahead(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("h3")
+    cfg = {**TINY, "max_epochs": 3, "plots": False}
+    train(TrainConfig(data=str(DATA), out=str(out), horizons=3, **cfg))
+    return out
+
+
+def test_a_head_of_several_horizons_is_scored_and_calibrated(three_ahead: Path) -> None:
+    ckpt = torch.load(three_ahead / "checkpoint.pt", weights_only=True)
+    h = ckpt["metrics"]["horizons"]
+    assert h["steps"] == 3 and [s["horizon"] for s in h["test"]] == [1, 2, 3]
+    assert all(s["rows"] == ckpt["metrics"]["rows"]["test"] for s in h["test"])
+    q = np.array(ckpt["intervals"]["quantiles"])
+    assert q.shape == (3, len(hz.LEVELS), 1) and (np.diff(q, axis=1) >= 0).all()  # quantiles never cross
+    assert set(h["coverage"]) == {"0.8", "0.95"} and all(0 <= c[0] <= 1 for c in h["coverage"]["0.8"])
+    assert h["calibration_rows"][0] > ckpt["metrics"]["rows"]["val"]  # cross-fit: more than the validation rows
+    # horizon 1 of the head is what the one-step scores report
+    assert h["test"][0]["model"]["mae"][0] == pytest.approx(ckpt["metrics"]["test"]["model"]["mae"])
+
+
+def test_export_writes_the_horizons_and_their_intervals(three_ahead: Path, tmp_path: Path) -> None:
+    folder = export(three_ahead / "checkpoint.pt", tmp_path, "ahead", 1)
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["target_names"] == ["temp_max+1", "temp_max+2", "temp_max+3"] and meta["output_size"] == 3
+    assert meta["horizons"] == {"steps": 3, "targets": ["temp_max"]}
+    assert meta["intervals"]["levels"] == hz.LEVELS and len(meta["intervals"]["quantiles"]) == 3
+    card = (folder / "model_card.md").read_text()
+    assert "## Horizons and intervals" in card and "| temp_max | 3 |" in card
+
+
+def test_a_rollout_is_scored_but_not_exported(tmp_path: Path) -> None:
+    features = TrainConfig().features
+    cfg = {**TINY, "max_epochs": 2, "plots": False, "horizons": 3, "head": "rollout", "targets": features}
+    metrics = train(TrainConfig(data=str(DATA), out=str(tmp_path), **cfg))
+    assert [len(s["model"]["mae"]) for s in metrics["horizons"]["test"]] == [4, 4, 4]  # every feature, per horizon
+    with pytest.raises(ExportError, match="rollout"):
+        export(tmp_path / "checkpoint.pt", tmp_path / "repo", "r", 1)
+    with pytest.raises(ValueError, match="targets must be its features"):
+        train(TrainConfig(data=str(DATA), out=str(tmp_path), **{**cfg, "targets": ["temp_max"]}))
