@@ -13,10 +13,13 @@ This module imports nothing heavy: training, export and the service all read it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .horizons import Horizons
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -68,6 +71,11 @@ class ModelSpec:
     # The model file's content (a digest): a version rewritten in place is another revision, whose server-held
     # sequences are not the old one's. The same file has the same revision on every replica.
     revision: str = ""
+
+    @functools.cached_property
+    def horizons(self) -> Horizons:
+        """How far ahead it forecasts, and its intervals (checked when the model loads)."""
+        return Horizons.read(self.metadata, self.output_size, self.target_names)
 
     def graph(self) -> dict[str, TensorSpec]:
         return tensors(self.input_size, self.output_size, self.hidden_size, self.num_layers)

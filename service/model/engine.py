@@ -81,6 +81,10 @@ def _spec(folder: Path, meta: dict[str, Any], session: ort.InferenceSession, rev
             raise ModelLoadError(f"{where}: the graph's {key} is {dim} but {METADATA_FILE} says {getattr(spec, key)}")
     if len(spec.feature_names) != spec.input_size or len(spec.target_names) != spec.output_size:
         raise ModelLoadError(f"{folder / METADATA_FILE}: feature or target names do not match the sizes")
+    try:
+        spec.horizons  # noqa: B018 (read and checked now, not at the first forecast)
+    except ValueError as e:
+        raise ModelLoadError(f"{folder / METADATA_FILE}: {e}") from None
     means = meta.get("feature_means")
     if means is not None and not (
         isinstance(means, list)

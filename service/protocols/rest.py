@@ -1,6 +1,7 @@
-"""The ``/predict`` codec: JSON ``{"inputs", "h0", "c0", "explain", "sequence"}`` in, ``{"outputs", "hn", "cn",
-"model"}`` out. ``sequence`` (``{"id", "start", "end", "chunk"}``) names a server-held sequence: the server keeps its
-states between chunks, for a client that cannot carry them.
+"""The ``/predict`` codec: JSON ``{"inputs", "h0", "c0", "explain", "sequence", "forecast"}`` in, ``{"outputs", "hn",
+"cn", "model"}`` out. ``sequence`` (``{"id", "start", "end", "chunk"}``) names a server-held sequence: the server keeps
+its states between chunks, for a client that cannot carry them. ``forecast`` (``{"horizon", "quantiles"}``) adds each
+sequence's forecast ahead of its last step, with its quantiles (``pipeline.forecast``).
 
 Errors in FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`` with 422
 for invalid input and 413 for a body over the limit; ``{"detail": "..."}`` for the others.
@@ -14,21 +15,22 @@ import numpy as np
 import orjson
 
 from ..model.contract import ModelSpec
-from ..pipeline import jsondata, rules, sequences
+from ..pipeline import forecast, jsondata, rules, sequences
 from ..pipeline.dataplane import Call, Outcome
 from ..pipeline.errors import InvalidInput, PayloadTooLarge, ServiceError, error
 from ..pipeline.rules import Dim, Limits
 
-FIELDS = ("inputs", "h0", "c0", "explain", "sequence")
+FIELDS = ("inputs", "h0", "c0", "explain", "sequence", "forecast")
+FORECAST_FIELDS = ("horizon", "quantiles")
 PLACES = rules.Places(x=("body", "inputs"), h0=("body", "h0"), c0=("body", "c0"), explain=("body", "explain"))
 
 
 class RestCodec:
-    def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[None]:
+    def decode(self, body: bytes, spec: ModelSpec, limits: Limits) -> Call[forecast.Ask]:
         """Parse and validate a /predict body against the model and the limits."""
         return jsondata.decode(body, lambda reader: self._read(reader, spec, limits))
 
-    def _read(self, reader: jsondata.Reader, spec: ModelSpec, limits: Limits) -> Call[None]:
+    def _read(self, reader: jsondata.Reader, spec: ModelSpec, limits: Limits) -> Call[forecast.Ask]:
         doc = reader.document
         if not jsondata.is_object(doc):
             raise InvalidInput([error(("body",), "Input should be a JSON object", "model_attributes_type")])
@@ -62,9 +64,12 @@ class RestCodec:
             ref = sequences.read_ref(reader, doc["sequence"], ("body", "sequence"))
         if ref is not None:
             rules.sequence_batch(batch, ref, states["h0"] is not None, PLACES)
-        return Call(batch, explain, PLACES.explain, sequence=ref)
+        asked = None
+        if "forecast" in keys and doc["forecast"] is not None:
+            asked = _forecast_ask(reader.plain(doc["forecast"]), spec)
+        return Call(batch, explain, PLACES.explain, context=asked, sequence=ref)
 
-    def encode(self, call: Call[None], outcome: Outcome, spec: ModelSpec) -> bytes:
+    def encode(self, call: Call[forecast.Ask], outcome: Outcome, spec: ModelSpec) -> bytes:
         results = outcome.results
         answer: dict[str, Any] = {
             "outputs": [r.outputs for r in results],
@@ -74,7 +79,22 @@ class RestCodec:
         }
         if outcome.explanations is not None:
             answer["explanation"] = outcome.explanations
+        if call.context is not None:
+            ahead = [forecast.forecast(r, spec, call.context) for r in results]
+            answer["forecast"] = [{"mean": f.mean, "quantiles": f.quantiles} for f in ahead]
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _forecast_ask(value: Any, spec: ModelSpec) -> forecast.Ask:
+    loc = ("body", "forecast")
+    if not isinstance(value, dict):
+        raise InvalidInput([error(loc, "Input should be an object: horizon, and quantiles", "model_attributes_type")])
+    extra = [k for k in value if k not in FORECAST_FIELDS]
+    if extra:
+        raise InvalidInput([error((*loc, extra[0][:64]), "Extra inputs are not permitted", "extra_forbidden")])
+    if "horizon" not in value:
+        raise InvalidInput([error((*loc, "horizon"), "Field required", "missing")])
+    return forecast.ask(spec, value["horizon"], value.get("quantiles"), (*loc, "horizon"), (*loc, "quantiles"))
 
 
 CODEC = RestCodec()

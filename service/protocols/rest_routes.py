@@ -16,6 +16,7 @@ from ..pipeline.registry import Registry
 from ..pipeline.registry import of as registry_of
 from ..server.shutdown import is_ready
 from ..settings import Settings
+from . import timeseries
 from .handlers import serve_rest
 from .schemas import (
     ErrorResponse,
@@ -114,6 +115,26 @@ async def predict_model(request: Request, name: str, registry: RegistryDep) -> R
 async def predict_version(request: Request, name: str, version: str, registry: RegistryDep) -> Response:
     """As `/predict`, on the named model and version."""
     return await serve_predict(request, registry, name, version)
+
+
+@router.post(
+    "/v1/timeseries/forecast",
+    summary="Forecast time series ahead, with quantiles (KServe's time series API)",
+    response_class=Response,
+    responses={
+        200: {"description": "One forecast per input series, from its last step: `mean_forecast` and `quantiles`."},
+        400: {"description": '`{"error": {"code", "message", "param", "type"}}`: `param` names the field at fault.'},
+        404: {"description": "No such model."},
+        413: {"description": "The body exceeds the size limit."},
+        503: {"description": "Not ready, or too many requests in progress (retry after `Retry-After` seconds)."},
+    },
+)
+async def timeseries_forecast(request: Request, registry: RegistryDep) -> Response:
+    """KServe's time series forecast API on this server's models: each input series holds the model's features
+    at each step (`multivariate_time_series`), and is forecast `options.horizon` steps ahead of its last step
+    (at most the model's horizons), with the `options.quantiles` its calibrated intervals give."""
+    status, body, headers, content_type = await timeseries.serve(registry, request.scope, request.receive)
+    return Response(body, status_code=status, headers=headers, media_type=content_type.decode())
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Every model and version the service serves")

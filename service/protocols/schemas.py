@@ -10,8 +10,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..pipeline.forecast import MAX_QUANTILES
 from ..pipeline.sequences import MAX_CHUNK, MAX_ID, MAX_ID_CHARS
 
+Tensor2 = list[list[float]]
 Tensor3 = list[list[list[float]]]
 
 
@@ -56,6 +58,27 @@ class PredictRequest(BaseModel):
         description="A server-held sequence this chunk belongs to (one sequence per request): the server keeps its "
         "states between chunks, on any worker or replica. `h0`/`c0` only with `start`.",
     )
+    forecast: ForecastAsk | None = Field(
+        default=None,
+        description="Also return each sequence's forecast ahead of its last step (`forecast`), with quantiles from "
+        "the model's calibrated intervals.",
+    )
+
+
+class ForecastAsk(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    horizon: int = Field(ge=1, description="Steps ahead of each sequence's last step: at most the model's horizons.")
+    quantiles: list[float] | None = Field(
+        default=None,
+        max_length=MAX_QUANTILES,
+        description="Quantile forecasts to add, each within the model's intervals (0.005 to 0.995 for the default).",
+    )
+
+
+class Forecast(BaseModel):
+    mean: Tensor2 = Field(description="[horizon][target]: the forecast of each step ahead.")
+    quantiles: dict[str, Tensor2] = Field(description='Quantile ("0.1") -> [horizon][target].')
 
 
 class ModelRef(BaseModel):
@@ -80,6 +103,7 @@ class PredictResponse(BaseModel):
     cn: Tensor3 = Field(description="Cell state after each sequence's last step [batch][layer][unit].")
     model: ModelRef
     explanation: list[Explanation] | None = Field(default=None, description='One per sequence, with "explain": true.')
+    forecast: list[Forecast] | None = Field(default=None, description="One per sequence, with `forecast` asked.")
 
 
 class ErrorItem(BaseModel):
