@@ -80,9 +80,11 @@ docs: $(VENV)/.serve-deps
 # The default model: `make train export` reproduces models/seattle-weather/1 from data/.
 train: $(VENV)/.dev-deps
 	$(BIN)/python -m training train
+	$(BIN)/python -m training train --horizons 7 --out artifacts/seattle-weather-h7
 
 export: $(VENV)/.dev-deps
 	$(BIN)/python -m training export
+	$(BIN)/python -m training export --checkpoint artifacts/seattle-weather-h7/checkpoint.pt --version 3
 
 # Throughput and latency against the floors and a naive baseline (bench/run.py); needs wrk.
 bench: $(VENV)/.dev-deps

@@ -35,7 +35,8 @@ def info(http: httpx.Client) -> dict:
 
 @pytest.fixture(scope="module")
 def rows(info: dict) -> np.ndarray:
-    return load_csv(ROOT / "data" / "seattle-weather.csv", info["feature_names"], info["target_names"]).features
+    features = info["feature_names"]  # the targets are among them (the model's outputs name them k steps ahead)
+    return load_csv(ROOT / "data" / "seattle-weather.csv", features, features[:1]).features
 
 
 def test_ready_and_names_the_provider(http: httpx.Client, info: dict) -> None:
@@ -71,6 +72,18 @@ def test_stream_in_chunks_equals_one_call(http: httpx.Client, rows: np.ndarray) 
         states = {"h0": part["hn"], "c0": part["cn"]}
     np.testing.assert_allclose(outputs, whole["outputs"][0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(states["h0"], whole["hn"], rtol=0, atol=1e-5)
+
+
+def test_a_forecast_ahead_equals_the_last_steps_outputs(http: httpx.Client, info: dict, rows: np.ndarray) -> None:
+    series = {"type": "multivariate_time_series", "name": "s", "series": rows[:40].tolist(), "frequency": "D"}
+    body = {"model": info["name"], "inputs": [series], "options": {"horizon": 3, "quantiles": [0.1, 0.9]}}
+    answer = http.post("/v1/timeseries/forecast", json=body)
+    assert answer.status_code == 200, answer.text
+    (content,) = answer.json()["outputs"][0]["content"]
+    last = http.post("/predict", json={"inputs": [rows[:40].tolist()]}).json()["outputs"][0][-1]
+    np.testing.assert_allclose(content["mean_forecast"], last[:3], rtol=0, atol=1e-5)
+    low, high = np.array(content["quantiles"]["0.1"]), np.array(content["quantiles"]["0.9"])
+    assert (low < np.array(content["mean_forecast"])).all() and (np.array(content["mean_forecast"]) < high).all()
 
 
 def test_bad_input_is_422_and_the_service_goes_on(http: httpx.Client) -> None:

@@ -23,7 +23,7 @@ from .pipeline.errors import ServiceError
 from .pipeline.registry import Registry
 from .protocols import oip_grpc
 from .protocols.fastpath import FastPath
-from .protocols.handlers import oip_error, rest_error
+from .protocols.handlers import error_for
 from .protocols.oip_routes import router as oip_router
 from .protocols.rest_routes import router
 from .protocols.websocket import Connections
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     async def typed_error(request: Request, exc: Exception) -> Response:
         """A ServiceError a route's dependency raised, in its protocol's shape."""
         assert isinstance(exc, ServiceError)
-        status, body, headers, content_type = (oip_error if request.url.path.startswith("/v2") else rest_error)(exc)
+        status, body, headers, content_type = error_for(request.url.path)(exc)
         return Response(body, status_code=status, headers=headers, media_type=content_type.decode())
 
     app.add_exception_handler(ServiceError, typed_error)

@@ -123,11 +123,11 @@ def test_the_edge_knows_every_inference_route_fastapi_declares(settings: Setting
     protocol; the others (the model repository extension) are FastAPI's alone."""
     paths = create_app(settings).openapi()["paths"].items()
     declared = [p for p, ops in paths if "post" in ops and not p.startswith("/v2/repository/")]
-    assert len(declared) == 5
+    assert len(declared) == 6
     assert route("/v2/repository/index") is None
     for p in declared:
         path = p.replace("{name}", "some-model").replace("{version}", "7")
-        protocol = "oip" if p.startswith("/v2") else "rest"
+        protocol = "oip" if p.startswith("/v2") else "timeseries" if "timeseries" in p else "rest"
         name = "some-model" if "{name}" in p else None
         assert route(path) == (protocol, name, "7" if "{version}" in p else None), p
 

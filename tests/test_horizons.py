@@ -124,3 +124,16 @@ def test_a_rollout_is_scored_but_not_exported(tmp_path: Path) -> None:
         export(tmp_path / "checkpoint.pt", tmp_path / "repo", "r", 1)
     with pytest.raises(ValueError, match="targets must be its features"):
         train(TrainConfig(data=str(DATA), out=str(tmp_path), **{**cfg, "targets": ["temp_max"]}))
+
+
+def test_one_configuration_describes_versions_of_different_widths(three_ahead: Path, tiny_run: Path, tmp_path: Path):
+    """A model's config.pbtxt holds every version: where the three-horizon version's y is wider than the one-step
+    version's, its width is -1 (any), as Triton needs; the rest stays exact."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    export(tiny_run / "checkpoint.pt", tmp_path, "m", 1)
+    export(three_ahead / "checkpoint.pt", tmp_path, "m", 2)
+    config = text_format.Parse((tmp_path / "m" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    dims = {t.name: list(t.dims) for t in [*config.input, *config.output]}
+    assert dims["y"] == [-1, -1, -1] and dims["x"] == [-1, -1, 4] and dims["hn"] == [2, -1, TINY["hidden_size"]]

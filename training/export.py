@@ -153,25 +153,46 @@ def metadata(model: LSTMForecaster, ckpt: dict[str, Any], name: str, version: in
     }
 
 
-def triton_config(model: LSTMForecaster, name: str) -> str:
+def triton_config(model: LSTMForecaster, name: str, previous: Path | None = None) -> str:
     """``config.pbtxt`` for Triton's onnxruntime backend: the same files serve on Triton or KServe.
 
     The states are [layers, batch, hidden], batch second, so Triton's own batching (which
     needs batch first on every tensor) stays off: max_batch_size 0 and -1 for dynamic axes.
+    One configuration describes every version of the model: a dimension in which this version differs from
+    ``previous`` (the configuration the other versions were written with) becomes -1.
     """
     cfg = model.cfg
     graph = tensors(cfg.n_features, cfg.n_outputs, cfg.hidden_size, cfg.num_layers)
+    before = _dims_of(previous) if previous is not None and previous.is_file() else {}
     entries = {"input": [graph[n] for n in INPUTS], "output": [graph[n] for n in OUTPUTS]}
     lines = [f'name: "{name}"', 'backend: "onnxruntime"', "max_batch_size: 0", "version_policy: { all: {} }"]
     for kind, specs in entries.items():
         lines.append(f"{kind} [")
-        body = [
-            f'  {{ name: "{t.name}", data_type: TYPE_{t.datatype}, dims: [ {", ".join(str(d) for d in t.dims)} ] }}'
-            for t in specs
-        ]
+        body = []
+        for t in specs:
+            dims = list(t.dims)
+            old = before.get(t.name)
+            if old is not None and len(old) == len(dims):
+                dims = [d if d == o else -1 for d, o in zip(dims, old, strict=True)]
+            body.append(
+                f'  {{ name: "{t.name}", data_type: TYPE_{t.datatype}, dims: [ {", ".join(map(str, dims))} ] }}'
+            )
         lines.append(",\n".join(body))
         lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+def _dims_of(path: Path) -> dict[str, list[int]]:
+    """Each tensor's dims in a ``config.pbtxt`` (Triton's message; none if it does not parse)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except (text_format.ParseError, UnicodeDecodeError, OSError):
+        return {}
+    return {t.name: list(t.dims) for t in [*config.input, *config.output]}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -277,5 +298,6 @@ def export(
     _write_atomic(folder / MODEL_FILE, onnx_bytes)
     _write_atomic(folder / METADATA_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     _write_atomic(folder / MODEL_CARD_FILE, model_card(meta).encode())
-    _write_atomic(folder.parent / CONFIG_FILE, triton_config(model, name).encode())
+    config = folder.parent / CONFIG_FILE
+    _write_atomic(config, triton_config(model, name, config).encode())
     return folder

@@ -5,6 +5,7 @@ model for a small streaming chunk. In front of FastAPI (``service.app.ServiceApp
 
 - ``POST /predict`` and ``POST /v1/models/{name}[/versions/{version}]/predict`` (REST codec),
 - ``POST /v2/models/{name}[/versions/{version}]/infer`` (Open Inference Protocol),
+- ``POST /v1/timeseries/forecast`` (KServe's time series API: the body names the model),
 
 through the same ``DataPlane``, codecs and error mappings as the documented FastAPI routes (which
 serve them when ``LSTM_FAST_PATH=false``); every other request passes on untouched.
@@ -18,13 +19,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..pipeline.errors import ServiceError
 from ..pipeline.registry import of as registry_of
 from ..server.http import respond
-from .handlers import oip_error, rest_error, serve_oip, serve_rest
+from . import timeseries
+from .handlers import error_for, serve_oip, serve_rest
 
 
 def route(path: str) -> tuple[str, str | None, str | None] | None:
     """(protocol, model, version) of an inference route, or None: ``("rest", None, None)`` for /predict."""
     if path == "/predict":
         return "rest", None, None
+    if path == timeseries.PATH:
+        return "timeseries", None, None
     parts = path.split("/")  # "", "v1" or "v2", "models", name, ["versions", version,] action
     if len(parts) not in (5, 7) or parts[2] != "models" or not parts[3]:
         return None
@@ -54,11 +58,13 @@ class FastPath:
         try:
             registry = registry_of(self.owner.state)
         except ServiceError as exc:
-            status, body, headers, content_type = (oip_error if protocol == "oip" else rest_error)(exc)
+            status, body, headers, content_type = error_for(scope["path"])(exc)
         else:
             if protocol == "oip":
                 assert name is not None
                 status, body, headers, content_type = await serve_oip(registry, name, version, scope, receive)
+            elif protocol == "timeseries":
+                status, body, headers, content_type = await timeseries.serve(registry, scope, receive)
             else:
                 status, body, headers, content_type = await serve_rest(registry, name, version, scope, receive)
         await respond(send, status, body, headers, content_type)

@@ -4,13 +4,15 @@ these, so the two cannot drift apart."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 from starlette.types import Receive, Scope
 
 from ..pipeline.errors import InvalidInput, ServiceError, error
 from ..pipeline.registry import Registry
 from ..server.http import BINARY, JSON, body_reader
-from . import oip, rest
+from . import oip, rest, timeseries
 
 Answer = tuple[int, bytes, dict[str, str], bytes]  # status, body, headers, content type
 _HEADER_LENGTH = oip.HEADER_LENGTH.encode()
@@ -50,6 +52,18 @@ async def serve_oip(registry: Registry, name: str, version: str | None, scope: S
 def oip_error(exc: ServiceError) -> Answer:
     status, body, headers = oip.error_response(exc)
     return status, body, headers, JSON
+
+
+def timeseries_error(exc: ServiceError) -> Answer:
+    status, body, headers = timeseries.error_response(exc)
+    return status, body, headers, JSON
+
+
+def error_for(path: str) -> Callable[[ServiceError], Answer]:
+    """The error shape of the protocol a path belongs to."""
+    if path.startswith("/v2"):
+        return oip_error
+    return timeseries_error if path == timeseries.PATH else rest_error
 
 
 def header_length(scope: Scope) -> int | None:

@@ -28,6 +28,9 @@ from .schemas import (
     ModelVersions,
     PredictRequest,
     PredictResponse,
+    TimeSeriesError,
+    TimeSeriesRequest,
+    TimeSeriesResponse,
     inline_schema,
 )
 from .websocket import POLICY, TRY_LATER, refuse, serve_stream
@@ -118,15 +121,22 @@ async def predict_version(request: Request, name: str, version: str, registry: R
 
 
 @router.post(
-    "/v1/timeseries/forecast",
+    timeseries.PATH,
     summary="Forecast time series ahead, with quantiles (KServe's time series API)",
     response_class=Response,
     responses={
-        200: {"description": "One forecast per input series, from its last step: `mean_forecast` and `quantiles`."},
-        400: {"description": '`{"error": {"code", "message", "param", "type"}}`: `param` names the field at fault.'},
-        404: {"description": "No such model."},
-        413: {"description": "The body exceeds the size limit."},
-        503: {"description": "Not ready, or too many requests in progress (retry after `Retry-After` seconds)."},
+        200: {"model": TimeSeriesResponse, "description": "One forecast per input series, from its last step."},
+        400: {"model": TimeSeriesError, "description": "Invalid input: `param` names the field at fault."},
+        404: {"model": TimeSeriesError, "description": "No such model."},
+        413: {"model": TimeSeriesError, "description": "The body exceeds the size limit."},
+        503: {"model": TimeSeriesError, "description": "Not ready, or too many requests in progress (`Retry-After`)."},
+        504: {"model": TimeSeriesError, "description": "The request ran past its deadline."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(TimeSeriesRequest.model_json_schema())}},
+        }
     },
 )
 async def timeseries_forecast(request: Request, registry: RegistryDep) -> Response:

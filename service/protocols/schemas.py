@@ -6,7 +6,7 @@ pydantic on nested float lists); ``PredictRequest`` documents exactly what that 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -172,3 +172,70 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
     inlined: dict[str, Any] = walk(schema)
     return inlined
+
+
+# ---- KServe's time series forecast API (service/protocols/timeseries.py)
+class TimeSeriesInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["univariate_time_series", "multivariate_time_series"]
+    name: str = Field(min_length=1, max_length=256, description="Unique in the request.")
+    series: list[float] | list[list[float]] = Field(
+        min_length=1, description="[step][feature] (the model's features, in order); [step] for a one-feature model."
+    )
+    frequency: str = Field(description="S, T, H, D, W, M, Q or Y (or SECOND ... YEAR).")
+    start_timestamp: str | None = Field(default=None, description="ISO 8601: when the series' first step is.")
+
+
+class TimeSeriesOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    horizon: int = Field(ge=1, description="Steps ahead of each series' last step: at most the model's horizons.")
+    quantiles: list[float] | None = Field(default=None, max_length=MAX_QUANTILES, description="Quantiles to add.")
+
+
+class TimeSeriesRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="A model this server serves (its default version).")
+    inputs: list[TimeSeriesInput] = Field(min_length=1)
+    options: TimeSeriesOptions
+    metadata: dict[str, Any] | None = None
+
+
+class TimeSeriesForecast(BaseModel):
+    type: Literal["univariate_time_series", "multivariate_time_series"]
+    name: str
+    mean_forecast: list[float] | list[list[float]] = Field(description="[horizon], or [horizon][target].")
+    frequency: str
+    start_timestamp: str | None = Field(description="One period after the series' last step; null without a start.")
+    quantiles: dict[str, list[float] | list[list[float]]]
+    targets: list[str] = Field(description="What is forecast (this service's addition).")
+
+
+class TimeSeriesOutput(BaseModel):
+    type: Literal["time_series_forecast"]
+    id: str
+    status: str
+    content: list[TimeSeriesForecast]
+
+
+class TimeSeriesResponse(BaseModel):
+    id: str
+    created_at: int
+    status: str
+    error: None = None
+    model: str
+    model_version: str = Field(description="The version that forecast (this service's addition).")
+    outputs: list[TimeSeriesOutput]
+
+
+class TimeSeriesErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = Field(description="The field at fault: inputs.0.series.3.1.")
+    type: str
+
+
+class TimeSeriesError(BaseModel):
+    error: TimeSeriesErrorDetail

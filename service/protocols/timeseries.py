@@ -34,6 +34,7 @@ from ..pipeline.rules import Limits
 from ..server.http import JSON, read_body
 from ..server.middleware import new_request_id
 
+PATH = "/v1/timeseries/forecast"
 PLACES = rules.Places(x=("inputs",), h0=("inputs",), c0=("inputs",))
 UNIVARIATE, MULTIVARIATE = "univariate_time_series", "multivariate_time_series"
 FIXED = {"S": timedelta(seconds=1), "T": timedelta(minutes=1), "H": timedelta(hours=1), "D": timedelta(days=1),
