@@ -137,3 +137,36 @@ def test_one_configuration_describes_versions_of_different_widths(three_ahead: P
     config = text_format.Parse((tmp_path / "m" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     dims = {t.name: list(t.dims) for t in [*config.input, *config.output]}
     assert dims["y"] == [-1, -1, -1] and dims["x"] == [-1, -1, 4] and dims["hn"] == [2, -1, TINY["hidden_size"]]
+
+
+def test_the_shipped_intervals_cover_what_its_model_card_says() -> None:
+    """The default model's version 3 through ONNX Runtime over the whole series, its intervals as the service
+    computes them: the coverage of the held-out days is the one its metadata records, and its 80% intervals
+    hold 75-85% of those days at every horizon (its 95% ones: docs/model.md)."""
+    import onnxruntime as ort
+
+    from service.model.horizons import Horizons
+    from training.data import load_csv, split_by_time
+
+    folder = Path(__file__).resolve().parent.parent / "models" / "seattle-weather" / "3"
+    meta = json.loads((folder / "metadata.json").read_text())
+    horizons = Horizons.read(meta, meta["output_size"], meta["target_names"])
+    series = load_csv(DATA, meta["feature_names"], horizons.targets)
+    n = len(series.features)
+    start = split_by_time(n, 0.15, 0.15).val_end
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = series.features[None, :-1]
+    zeros = np.zeros((meta["num_layers"], 1, meta["hidden_size"]), dtype=np.float32)
+    y = session.run(["y"], {"x": x, "h0": zeros, "c0": zeros, "lengths": np.array([n - 1], dtype=np.int32)})[0][0]
+    recorded = meta["metrics"]["horizons"]["coverage"]
+    rows = np.arange(start, n)
+    for k in range(1, horizons.steps + 1):
+        forecasts = [horizons.mean(y[r - k], horizons.steps) for r in rows]  # made k days before each row
+        actual = series.targets[rows]
+        for width in (0.8, 0.95):
+            low = np.stack([horizons.quantile(f, (1 - width) / 2)[k - 1] for f in forecasts])
+            high = np.stack([horizons.quantile(f, (1 + width) / 2)[k - 1] for f in forecasts])
+            share = float(((actual >= low - 1e-5) & (actual <= high + 1e-5)).mean())
+            assert share == pytest.approx(recorded[f"{width:g}"][k - 1][0], abs=1 / len(rows))
+            if width == 0.8:
+                assert 0.75 <= share <= 0.85, (k, share)
