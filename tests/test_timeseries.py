@@ -229,3 +229,27 @@ def test_a_model_whose_horizons_or_intervals_are_wrong_does_not_load(
     (folder / "metadata.json").write_text(json.dumps({**meta, **change}))
     with pytest.raises(ModelLoadError, match=says.replace("[", r"\[").replace("]", r"\]")):
         Engine.load(folder, "cpu", 1, 1)
+
+
+def test_a_streams_chunks_carry_their_forecast_and_explanation(c: TestClient, weather: np.ndarray) -> None:
+    """Over the WebSocket, each chunk's forecast is the whole prefix's on /predict, and its explanation the
+    chunk's with the states carried in."""
+    rows, options = weather[200:260], {"horizon": 3, "quantiles": [0.1, 0.9]}
+    with c.websocket_connect("/v1/models/ahead/stream") as ws:
+        for end in (20, 40, 60):
+            ws.send_json({"stream": "s", "inputs": rows[end - 20 : end].tolist(), "forecast": options, "explain": True})
+            got = ws.receive_json()
+            whole = c.post("/predict", json={"inputs": [rows[:end].tolist()], "forecast": options}).json()
+            want = whole["forecast"][0]
+            np.testing.assert_allclose(got["forecast"]["mean"], want["mean"], rtol=0, atol=1e-5)
+            for q in ("0.1", "0.9"):
+                np.testing.assert_allclose(got["forecast"]["quantiles"][q], want["quantiles"][q], rtol=0, atol=1e-5)
+            prefix = c.post("/predict", json={"inputs": [rows[: end - 20].tolist()]}).json() if end > 20 else None
+            states = {"h0": prefix["hn"], "c0": prefix["cn"]} if prefix else {}
+            chunk = {"inputs": [rows[end - 20 : end].tolist()], "explain": True, **states}
+            explained = c.post("/predict", json=chunk).json()["explanation"][0]
+            for gate in ("forget", "input", "output", "cell"):
+                np.testing.assert_allclose(got["explanation"][gate], explained[gate], rtol=0, atol=1e-5)
+        ws.send_json({"stream": "s", "inputs": rows[:2].tolist(), "forecast": {"horizon": 9}})
+        closed = ws.receive()
+    assert closed["type"] == "websocket.close" and closed["code"] == 1007 and "forecast.horizon" in closed["reason"]

@@ -19,6 +19,7 @@ from ..model.horizons import quantile_key
 from .errors import InvalidInput, Loc, error
 
 MAX_QUANTILES = 32  # quantiles one request may ask for
+OPTION_FIELDS = ("horizon", "quantiles")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,24 @@ def ask(spec: ModelSpec, horizon: Any, quantiles: Any, horizon_loc: Loc, quantil
             raise InvalidInput([error((*quantiles_loc, i), f"Quantile {q:g} is asked for twice", "duplicate")])
         asked.append(float(q))
     return Ask(horizon, tuple(asked))
+
+
+def option(value: Any, spec: ModelSpec, loc: Loc) -> Ask:
+    """A request's ``forecast`` option, ``{"horizon", "quantiles"}`` (``/predict``, the WebSocket stream)."""
+    if not isinstance(value, dict):
+        raise InvalidInput([error(loc, "Input should be an object: horizon, and quantiles", "model_attributes_type")])
+    extra = [k for k in value if k not in OPTION_FIELDS]
+    if extra:
+        raise InvalidInput([error((*loc, extra[0][:64]), "Extra inputs are not permitted", "extra_forbidden")])
+    if "horizon" not in value:
+        raise InvalidInput([error((*loc, "horizon"), "Field required", "missing")])
+    return ask(spec, value["horizon"], value.get("quantiles"), (*loc, "horizon"), (*loc, "quantiles"))
+
+
+def answer(result: SequenceResult, spec: ModelSpec, asked: Ask) -> dict[str, Any]:
+    """One sequence's forecast as the JSON protocols answer it: ``{"mean", "quantiles"}``."""
+    ahead = forecast(result, spec, asked)
+    return {"mean": ahead.mean, "quantiles": ahead.quantiles}
 
 
 def forecast(result: SequenceResult, spec: ModelSpec, asked: Ask) -> Forecast:

@@ -21,7 +21,6 @@ from ..pipeline.errors import InvalidInput, PayloadTooLarge, ServiceError, error
 from ..pipeline.rules import Dim, Limits
 
 FIELDS = ("inputs", "h0", "c0", "explain", "sequence", "forecast")
-FORECAST_FIELDS = ("horizon", "quantiles")
 PLACES = rules.Places(x=("body", "inputs"), h0=("body", "h0"), c0=("body", "c0"), explain=("body", "explain"))
 
 
@@ -66,7 +65,7 @@ class RestCodec:
             rules.sequence_batch(batch, ref, states["h0"] is not None, PLACES)
         asked = None
         if "forecast" in keys and doc["forecast"] is not None:
-            asked = _forecast_ask(reader.plain(doc["forecast"]), spec)
+            asked = forecast.option(reader.plain(doc["forecast"]), spec, ("body", "forecast"))
         return Call(batch, explain, PLACES.explain, context=asked, sequence=ref)
 
     def encode(self, call: Call[forecast.Ask], outcome: Outcome, spec: ModelSpec) -> bytes:
@@ -80,21 +79,8 @@ class RestCodec:
         if outcome.explanations is not None:
             answer["explanation"] = outcome.explanations
         if call.context is not None:
-            ahead = [forecast.forecast(r, spec, call.context) for r in results]
-            answer["forecast"] = [{"mean": f.mean, "quantiles": f.quantiles} for f in ahead]
+            answer["forecast"] = [forecast.answer(r, spec, call.context) for r in results]
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _forecast_ask(value: Any, spec: ModelSpec) -> forecast.Ask:
-    loc = ("body", "forecast")
-    if not isinstance(value, dict):
-        raise InvalidInput([error(loc, "Input should be an object: horizon, and quantiles", "model_attributes_type")])
-    extra = [k for k in value if k not in FORECAST_FIELDS]
-    if extra:
-        raise InvalidInput([error((*loc, extra[0][:64]), "Extra inputs are not permitted", "extra_forbidden")])
-    if "horizon" not in value:
-        raise InvalidInput([error((*loc, "horizon"), "Field required", "missing")])
-    return forecast.ask(spec, value["horizon"], value.get("quantiles"), (*loc, "horizon"), (*loc, "quantiles"))
 
 
 CODEC = RestCodec()

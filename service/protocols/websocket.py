@@ -6,6 +6,9 @@ Messages are JSON text, one request and one answer each:
 - ``{"stream": "a", "inputs": [[...F values...], ...]}`` runs the chunk from stream ``a``'s
   states (zeros for a new stream, or ``h0``/``c0`` [layers][hidden] if the message gives them)
   and answers ``{"stream": "a", "outputs": [[...], ...], "steps": <steps so far>}``.
+- ``"forecast": {"horizon", "quantiles"}`` and ``"explain": true`` on a chunk add its forecast ahead of its
+  last step (``"forecast": {"mean", "quantiles"}``) and its gates and states (``"explanation"``), as on
+  ``/predict``.
 - ``{"stream": "a", "reset": true}`` forgets the stream: ``{"stream": "a", "reset": true}``.
 - ``{"stream": "a", "state": true}`` answers its states: ``{"stream": "a", "hn": ..., "cn": ...}``.
 
@@ -22,6 +25,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -30,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .. import metrics, tracing
 from ..model.batch import Batch
 from ..model.contract import ModelSpec
-from ..pipeline import jsondata, rules, sequences
+from ..pipeline import forecast, jsondata, rules, sequences
 from ..pipeline.dataplane import Call, DataPlane, Outcome
 from ..pipeline.errors import (
     BodyTimeout,
@@ -58,8 +62,8 @@ from ..pipeline.rules import Limits
 log = logging.getLogger("service.access")
 INVALID, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER, NORMAL = 1007, 1003, 1008, 1009, 1013, 1000
 RESTART = 1012  # the connection's model version stopped serving: reconnect to go on with the one now serving
-FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state", "sequence")
-PLACES = rules.Places(x=("inputs",), h0=("h0",), c0=("c0",))
+FIELDS = ("stream", "inputs", "h0", "c0", "reset", "state", "sequence", "forecast", "explain")
+PLACES = rules.Places(x=("inputs",), h0=("h0",), c0=("c0",), explain=("explain",))
 CLOSE_CODES: dict[type[ServiceError], int] = {
     InvalidInput: INVALID,
     PayloadTooLarge: TOO_BIG,
@@ -119,6 +123,7 @@ class Message:
     stream: str
     action: str  # "run", "reset", "state", or "sequence" (a server-held sequence's chunk)
     fresh: bool = False  # the run starts the stream afresh (new, or from given states)
+    asked: forecast.Ask | None = None  # its forecast ahead, when the message asks
 
 
 class StreamCodec:
@@ -141,7 +146,7 @@ class StreamCodec:
         name = msg["stream"] if "stream" in keys else "0"
         if not isinstance(name, str) or not 0 < len(name) <= 64:
             errors.append(error(("stream",), "Input should be a string of 1 to 64 characters", "string_type"))
-        flags = {k: msg[k] for k in ("reset", "state") if k in keys}
+        flags = {k: msg[k] for k in ("reset", "state", "explain") if k in keys}
         not_bool = (k for k, v in flags.items() if not isinstance(v, bool))
         errors += [error((k,), "Input should be a valid boolean", "bool_type") for k in not_bool]
         if errors:
@@ -156,6 +161,10 @@ class StreamCodec:
             return Call(no_work, context=Message(name, "reset" if flags.get("reset") is True else "state"))
         if "inputs" not in keys:
             raise InvalidInput([error(("inputs",), "Field required", "missing")])
+        explain = flags.get("explain") is True
+        asked = None
+        if "forecast" in keys and msg["forecast"] is not None:
+            asked = forecast.option(reader.plain(msg["forecast"]), spec, ("forecast",))
         x = reader.array(msg["inputs"], PLACES.x, rules.sequence_dims(spec, limits)[1:])
         given = {
             k: np.ascontiguousarray(reader.array(msg[k], (k,), rules.state_dims(spec))[:, None, :])
@@ -166,9 +175,9 @@ class StreamCodec:
             # A server-held sequence: the store keeps its states, not this connection, so any connection (after a
             # disconnect, or a restart) resumes it.
             ref = sequences.read_ref(reader, msg["sequence"], ("sequence",))
-            batch = rules.batch([x], given.get("h0"), given.get("c0"), spec, limits, PLACES)  # none given: zeros
+            batch = rules.batch([x], given.get("h0"), given.get("c0"), spec, limits, PLACES, explain)  # none: zeros
             rules.sequence_batch(batch, ref, bool(given), PLACES)
-            return Call(batch, context=Message(name, "sequence"), sequence=ref)
+            return Call(batch, explain, PLACES.explain, Message(name, "sequence", asked=asked), ref)
         if name not in self.streams and len(self.streams) >= self.max_streams:
             raise TooManySequences(f"at most {self.max_streams} streams per connection")
         state = self.streams.get(name)
@@ -179,7 +188,8 @@ class StreamCodec:
             h0, c0 = spec.zero_states(1)
         else:
             h0, c0 = state.h, state.c
-        return Call(rules.batch([x], h0, c0, spec, limits, PLACES), context=Message(name, "run", fresh))
+        batch = rules.batch([x], h0, c0, spec, limits, PLACES, explain)
+        return Call(batch, explain, PLACES.explain, Message(name, "run", fresh, asked))
 
     def encode(self, call: Call[Message], outcome: Outcome, spec: ModelSpec) -> bytes:
         assert call.context is not None
@@ -191,16 +201,21 @@ class StreamCodec:
             s = self.streams[name]
             return orjson.dumps({"stream": name, "hn": s.h[:, 0], "cn": s.c[:, 0]}, option=orjson.OPT_SERIALIZE_NUMPY)
         result = outcome.results[0]
+        answer: dict[str, Any]
         if action == "sequence":
             assert call.sequence is not None
             answer = {"stream": name, "sequence": call.sequence.id, "outputs": result.outputs}
             if call.sequence.chunk is not None:
                 answer["chunk"] = call.sequence.chunk
-            return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
-        previous = self.streams.get(name)
-        steps = (0 if call.context.fresh or previous is None else previous.steps) + call.batch.steps
-        self.streams[name] = StreamState(result.hn[:, None, :], result.cn[:, None, :], steps)
-        answer = {"stream": name, "outputs": result.outputs, "steps": steps}
+        else:
+            previous = self.streams.get(name)
+            steps = (0 if call.context.fresh or previous is None else previous.steps) + call.batch.steps
+            self.streams[name] = StreamState(result.hn[:, None, :], result.cn[:, None, :], steps)
+            answer = {"stream": name, "outputs": result.outputs, "steps": steps}
+        if call.context.asked is not None:
+            answer["forecast"] = forecast.answer(result, spec, call.context.asked)
+        if outcome.explanations is not None:
+            answer["explanation"] = outcome.explanations[0]
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
