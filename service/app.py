@@ -30,6 +30,7 @@ from .protocols.websocket import Connections
 from .server.middleware import ApiKeyAuth, RequestContext
 from .server.shutdown import watch_for_stop
 from .settings import Settings, get_settings
+from .ui.routes import router as ui_router
 
 log = logging.getLogger("service.app")
 
@@ -120,6 +121,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     )
     app.include_router(router)
     app.include_router(oip_router)
+    if s.ui:
+        app.include_router(ui_router)
 
     async def typed_error(request: Request, exc: Exception) -> Response:
         """A ServiceError a route's dependency raised, in its protocol's shape."""

@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "text"] = _doc("json", "`json` (one object per line) or `text`.")
     docs: bool = _doc(True, "Serve `/docs`, `/redoc` and `/openapi.json`.")
+    ui: bool = _doc(
+        True,
+        "Serve the page at `/ui`: a forecast streamed chunk by chunk with its intervals, and the gates as heat maps.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default=[],
         repr=False,

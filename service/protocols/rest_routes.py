@@ -21,6 +21,7 @@ from .handlers import serve_rest
 from .schemas import (
     ErrorResponse,
     Health,
+    HorizonsInfo,
     LimitsInfo,
     ModelInfo,
     ModelList,
@@ -191,6 +192,11 @@ def describe(plane: DataPlane) -> ModelInfo:
         providers=engine.providers,
         device=engine.device,
         limits=LimitsInfo(**{name: getattr(plane.limits, name) for name in LimitsInfo.model_fields}),
+        horizons=HorizonsInfo(
+            steps=spec.horizons.steps,
+            targets=spec.horizons.targets,
+            quantiles=list(spec.horizons.quantile_range) if spec.horizons.quantile_range else None,
+        ),
         metrics=spec.metadata.get("metrics", {}),
     )
 

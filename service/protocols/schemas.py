@@ -124,6 +124,12 @@ class LimitsInfo(BaseModel):
     explain_max_values: int = Field(description="With explain: steps (all sequences) x layers x hidden units.")
 
 
+class HorizonsInfo(BaseModel):
+    steps: int = Field(description="How far ahead the model forecasts: output k-1 of a step is k steps ahead.")
+    targets: list[str] = Field(description="What it forecasts at each horizon.")
+    quantiles: list[float] | None = Field(description="The lowest and highest quantile its intervals give; null: none.")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -138,6 +144,7 @@ class ModelInfo(BaseModel):
     providers: list[str] = Field(description="All providers of the session, in priority order.")
     device: str = Field(description="cuda or cpu.")
     limits: LimitsInfo
+    horizons: HorizonsInfo
     metrics: dict[str, Any] = Field(description="Training figures from the model's metadata.")
 
 

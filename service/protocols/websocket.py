@@ -58,6 +58,7 @@ from ..pipeline.errors import (
     error,
 )
 from ..pipeline.rules import Limits
+from ..server.middleware import STREAM_SUBPROTOCOL
 
 log = logging.getLogger("service.access")
 INVALID, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER, NORMAL = 1007, 1003, 1008, 1009, 1013, 1000
@@ -222,10 +223,16 @@ class StreamCodec:
 MESSAGE_SPAN = "WS /v1/models/{name}/stream message"  # each message's server span (service.tracing)
 
 
+async def accept(ws: WebSocket) -> None:
+    """Complete the handshake, with the subprotocol a browser offers (``STREAM_SUBPROTOCOL``) if it offers it."""
+    offered = STREAM_SUBPROTOCOL in ws.scope.get("subprotocols", ())
+    await ws.accept(subprotocol=STREAM_SUBPROTOCOL if offered else None)
+
+
 async def refuse(ws: WebSocket, code: int, reason: str) -> None:
     """Close a connection the server will not serve, after the handshake, so the client sees the code
     (a close before it reads as HTTP 403)."""
-    await ws.accept()
+    await accept(ws)
     await ws.close(code, _clip(reason))
 
 
@@ -239,7 +246,7 @@ async def serve_stream(
     connections.open += 1
     start, answered, code = time.perf_counter(), 0, NORMAL  # a client's own close counts as normal
     try:
-        await ws.accept()
+        await accept(ws)
         codec = StreamCodec(max_streams)
         limit = plane.limits.max_body_bytes
         while True:

@@ -10,6 +10,7 @@ the same for every failure.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import itertools
 import logging
@@ -29,7 +30,15 @@ access = AccessLog(log)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CLIENT_LEFT = "lstm.client_left"  # in scope["state"], set by the server: true once the client left unanswered
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
-OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
+# Health, metrics and the page at /ui (static: what it shows comes through the API, with the user's key).
+OPEN_ROUTES = frozenset(
+    {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics", "/ui", "/ui/app.js",
+     "/ui/style.css"}
+)  # fmt: skip
+# A browser cannot set a WebSocket's headers: it offers these subprotocols instead, the key base64url-encoded in
+# the second (``new WebSocket(url, ["lstm", "lstm.bearer." + key])``); the server accepts the first.
+STREAM_SUBPROTOCOL = "lstm"
+KEY_SUBPROTOCOL = "lstm.bearer."
 
 
 _PREFIX = os.urandom(10).hex()  # per process: ids of different workers never collide
@@ -98,13 +107,26 @@ def authorized(header: str, keys: list[bytes]) -> bool:
     return scheme.lower() == "bearer" and any(matches)
 
 
+def _bearer(subprotocol: str) -> str:
+    """``lstm.bearer.<base64url key>`` as an ``Authorization`` value ("" if it does not decode)."""
+    encoded = subprotocol[len(KEY_SUBPROTOCOL) :]
+    try:
+        key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return f"Bearer {key}"
+
+
 class ApiKeyAuth:
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
 
     def _authorized(self, scope: Scope) -> bool:
-        return authorized(Headers(scope=scope).get("authorization", ""), self.keys)
+        if authorized(Headers(scope=scope).get("authorization", ""), self.keys):
+            return True
+        offered = [p for p in scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
+        return scope["type"] == "websocket" and len(offered) == 1 and authorized(_bearer(offered[0]), self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_ROUTES or self._authorized(scope):

@@ -1,0 +1,93 @@
+"""The page at /ui, without a browser: its files, the switch, its data route, and the WebSocket key a browser
+sends as a subprotocol (tests/ui/ drives the page in Chromium)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from starlette.websockets import WebSocketDisconnect
+
+from service.settings import Settings
+
+from .conftest import DATA, app_client
+
+KEY = "ui-key"
+SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name in the script, not a place it loads from
+
+
+def bearer(key: str) -> str:
+    return "lstm.bearer." + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def test_the_page_is_served_open_with_its_script_and_no_outside_source(settings: Settings) -> None:
+    with app_client(settings, api_keys=[KEY]) as c:
+        for path, kind in (("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")):
+            r = c.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+            assert r.headers["content-security-policy"] == "default-src 'self'; connect-src 'self'"
+            outside = set(re.findall(r"https?://[^\s\"'`]+", r.text)) - {
+                "http://www.w3.org/2000/svg"
+            }  # SVG's namespace
+            assert not outside  # nothing fetched from elsewhere: no CDN
+        assert '<script src="/ui/app.js">' in c.get("/ui").text
+        assert c.get("/ui/data/tiny").status_code == 401  # what the page shows needs the key
+
+
+def test_the_page_can_be_switched_off(settings: Settings) -> None:
+    with app_client(settings, ui=False) as c:
+        assert c.get("/ui").status_code == 404 and c.get("/ui/data/tiny").status_code == 404
+
+
+def test_a_models_data_is_the_feature_columns_of_its_csv(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(DATA.parent.parent)  # the metadata names data/seattle-weather.csv, relative to where it runs
+    with app_client(settings) as c:
+        doc = c.get("/ui/data/tiny").json()
+        assert c.get("/ui/data/nope").status_code == 404
+    with DATA.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert doc["columns"] == ["precipitation", "temp_max", "temp_min", "wind"]
+    assert len(doc["rows"]) == len(rows) and doc["dates"][-1] == rows[-1]["date"]
+    assert doc["rows"][-1] == [float(rows[-1][k]) for k in doc["columns"]]
+
+
+@pytest.mark.parametrize("source", ["missing.csv", "/etc/passwd", "bad.csv", "../models"])
+def test_no_data_where_the_server_cannot_read_it(
+    settings: Settings, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """A data file that is not there, not a CSV, or not the model's columns as numbers: none is served."""
+    shutil.copytree(repo, tmp_path / "models")
+    meta_path = tmp_path / "models" / "tiny" / "1" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "training": {**meta["training"], "data": source}}))
+    (tmp_path / "bad.csv").write_text("precipitation,temp_max,temp_min,wind\n1,2,x,4\n")
+    monkeypatch.chdir(tmp_path)
+    with app_client(settings, model_repository=tmp_path / "models") as c:
+        r = c.get("/ui/data/tiny")
+    assert r.status_code == 404 and "paste a CSV" in r.json()["detail"]
+
+
+def test_a_browser_sends_its_key_as_a_subprotocol(settings: Settings) -> None:
+    with app_client(settings, api_keys=[KEY]) as c:
+        with c.websocket_connect("/v1/models/tiny/stream", subprotocols=["lstm", bearer(KEY)]) as ws:
+            assert ws.accepted_subprotocol == "lstm"
+            ws.send_json({"inputs": [[0.0, 10.0, 5.0, 3.0]], "forecast": {"horizon": 1}})
+            assert "forecast" in ws.receive_json()
+        for wrong in (bearer("nope"), "lstm.bearer.%%%", bearer(KEY) + "x"):
+            with (
+                pytest.raises(WebSocketDisconnect),
+                c.websocket_connect("/v1/models/tiny/stream", subprotocols=["lstm", wrong]),
+            ):
+                pass
+        with c.websocket_connect("/v1/models/tiny/stream", headers={"authorization": f"Bearer {KEY}"}) as ws:
+            assert ws.accepted_subprotocol is None  # none offered, none chosen
+        assert json.loads(c.get("/v1/models/tiny", headers={"authorization": f"Bearer {KEY}"}).text)["horizons"] == {
+            "steps": 1,
+            "targets": ["temp_max"],
+            "quantiles": None,
+        }
