@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test client-test store-server lint format docs train export bench soak scale-test docker-test clean
+.PHONY: setup serve test client-test store-server lint format docs train export bench soak scale-test ui-test docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,13 @@ scale-test: $(VENV)/.dev-deps store-server
 		{ echo "make scale-test needs haproxy: apt-get install haproxy"; exit 1; }
 	$(BIN)/python -m pytest -m scale tests/scale
 	$(BIN)/python -m bench.scale
+
+# The page at /ui in a real browser: Debian's Chromium, driven by Playwright (it cannot download browsers here).
+ui-test: $(VENV)/.dev-deps
+	@command -v chromium >/dev/null || { $(call APT_INSTALL,chromium); } || \
+		{ echo "make ui-test needs Debian's chromium: apt-get install chromium"; exit 1; }
+	$(PIP) 'playwright>=1.45'
+	$(BIN)/python -m pytest -m ui tests/ui
 
 docker-test: $(VENV)/.dev-deps
 	PYTHON=$(BIN)/python docker/test.sh
