@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test client-test store-server lint format docs train export bench soak scale-test ui-test docker-test clean
+.PHONY: setup serve test client-test store-server lint format docs train export bench soak scale-test ui-test compare-horizons docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,11 @@ train: $(VENV)/.dev-deps
 export: $(VENV)/.dev-deps
 	$(BIN)/python -m training export
 	$(BIN)/python -m training export --checkpoint artifacts/seattle-weather-h7/checkpoint.pt --version 3
+
+# The roll-out that the direct head of version 3 was measured against (docs/model.md): its per-horizon scores.
+compare-horizons: $(VENV)/.dev-deps
+	$(BIN)/python -m training train --horizons 7 --head rollout --targets precipitation,temp_max,temp_min,wind \
+		--out artifacts/seattle-weather-rollout --no-plots
 
 # Throughput and latency against the floors and a naive baseline (bench/run.py); needs wrk.
 bench: $(VENV)/.dev-deps

@@ -35,8 +35,7 @@ def info(http: httpx.Client) -> dict:
 
 @pytest.fixture(scope="module")
 def rows(info: dict) -> np.ndarray:
-    features = info["feature_names"]  # the targets are among them (the model's outputs name them k steps ahead)
-    return load_csv(ROOT / "data" / "seattle-weather.csv", features, features[:1]).features
+    return load_csv(ROOT / "data" / "seattle-weather.csv", info["feature_names"], info["horizons"]["targets"]).features
 
 
 def test_ready_and_names_the_provider(http: httpx.Client, info: dict) -> None:

@@ -22,7 +22,17 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ROUTES = frozenset(
-    {"/predict", "/model", "/health/live", "/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"}
+    {
+        "/predict",
+        "/model",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/v1/timeseries/forecast",
+    }
 )
 
 REQUESTS = Counter(

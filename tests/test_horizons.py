@@ -4,6 +4,7 @@ and a trained head of several horizons exported with its intervals."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +22,27 @@ from .conftest import DATA, TINY
 
 def test_conformal_picks_the_ranks_that_guarantee_coverage() -> None:
     residuals = [np.arange(1.0, 10.0)[:, None]]  # n = 9: level p above 1/2 takes rank ceil(10 p), below floor(10 p)
-    q = hz.conformal(residuals, levels=[0.05, 0.1, 0.5, 0.9, 0.95])
-    assert q[0, :, 0].tolist() == [1.0, 1.0, 5.0, 9.0, 9.0]
+    levels, q = hz.conformal(residuals, levels=[0.05, 0.1, 0.5, 0.9, 0.95])
+    assert levels == [0.1, 0.5, 0.9]  # ranks 0 and 10: nine residuals cannot give 0.05 or 0.95, left out
+    assert q[0, :, 0].tolist() == [1.0, 5.0, 9.0]
 
 
 def test_conformal_intervals_cover_new_residuals_at_least_as_asked() -> None:
-    """Exchangeable residuals: over many calibrations, the 80% and 95% intervals hold a new residual at least 80%
-    and 95% of the time on average, and not much more (the finite-sample rank adds at most 2 / (n + 1))."""
+    """Exchangeable residuals: over many calibrations, the interval between the residuals of ranks lo and hi holds
+    a new one with probability (hi - lo) / (n + 1), at least its nominal width; the mean over 300 calibrations
+    is within 4 of its standard deviations (about 0.0022 here) of that."""
     rng = np.random.default_rng(0)
     n, trials = 150, 300
-    held = {0.8: [], 0.95: []}
+    held: dict[float, list[float]] = {0.8: [], 0.95: []}
     for _ in range(trials):
-        calibration = [rng.standard_t(4, size=(n, 1))]
-        quantiles = hz.conformal(calibration)
-        covered = hz.coverage([rng.standard_t(4, size=(400, 1))], quantiles)
+        levels, quantiles = hz.conformal([rng.standard_t(4, size=(n, 1))])
+        covered = hz.coverage([rng.standard_t(4, size=(400, 1))], quantiles, levels)
         for width in held:
             held[width].append(covered[f"{width:g}"][0][0])
     for width, shares in held.items():
-        assert width <= np.mean(shares) <= width + 2 / (n + 1) + 0.01
+        lo, hi = math.floor((n + 1) * (1 - width) / 2), math.ceil((n + 1) * (1 + width) / 2)
+        exact = (hi - lo) / (n + 1)
+        assert exact >= width and abs(np.mean(shares) - exact) < 0.009
 
 
 def test_scores_against_persistence_and_seasonal_persistence() -> None:
@@ -99,7 +103,7 @@ def test_a_head_of_several_horizons_is_scored_and_calibrated(three_ahead: Path) 
     assert all(s["rows"] == ckpt["metrics"]["rows"]["test"] for s in h["test"])
     q = np.array(ckpt["intervals"]["quantiles"])
     assert q.shape == (3, len(hz.LEVELS), 1) and (np.diff(q, axis=1) >= 0).all()  # quantiles never cross
-    assert set(h["coverage"]) == {"0.8", "0.95"} and all(0 <= c[0] <= 1 for c in h["coverage"]["0.8"])
+    assert set(h["coverage"]) == {"0.8", "0.95"} and len(h["coverage"]["0.8"]) == 3
     assert h["calibration_rows"][0] > ckpt["metrics"]["rows"]["val"]  # cross-fit: more than the validation rows
     # horizon 1 of the head is what the one-step scores report
     assert h["test"][0]["model"]["mae"][0] == pytest.approx(ckpt["metrics"]["test"]["model"]["mae"])
@@ -170,3 +174,24 @@ def test_the_shipped_intervals_cover_what_its_model_card_says() -> None:
             assert share == pytest.approx(recorded[f"{width:g}"][k - 1][0], abs=1 / len(rows))
             if width == 0.8:
                 assert 0.75 <= share <= 0.85, (k, share)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="version 3's 95% interval covers 99.1% of held-out days 2 days ahead (docs/model.md)"
+)
+def test_the_shipped_95_percent_intervals_hold_92_to_98_percent_at_every_horizon() -> None:
+    """The issue's other band, kept as a test that fails while the shipped model misses it (and fails the other
+    way, strictly, once a model meets it: then this mark goes)."""
+    meta = json.loads((Path(__file__).resolve().parent.parent / "models/seattle-weather/3/metadata.json").read_text())
+    covered = [c[0] for c in meta["metrics"]["horizons"]["coverage"]["0.95"]]
+    assert all(0.92 <= c <= 0.98 for c in covered), covered
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [({"horizons": 300}, "do not fit the"), ({"targets": ["temp_max", "temp_max"]}, "each name once")],
+)
+def test_training_refuses_what_it_cannot_score(tmp_path: Path, change: dict[str, object], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        train(TrainConfig(data=str(DATA), out=str(tmp_path), **{**TINY, "max_epochs": 1, "plots": False, **change}))
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -108,14 +108,10 @@ def test_the_forecast_starts_one_period_after_the_series(
     item = {**series(weather[:steps]), "frequency": frequency, "start_timestamp": start}
     r = c.post(URL, json={"model": "ahead", "inputs": [item], "options": {"horizon": 1}})
     (content,) = r.json()["outputs"][0]["content"]
-    assert content["start_timestamp"] == expected and content["frequency"] == frequency and content["quantiles"] == {}
+    assert content["start_timestamp"] == expected and content["frequency"] == frequency
+    assert "quantiles" not in content  # none asked: none given
     r = c.post(URL, json={"model": "ahead", "inputs": [series(weather[:steps])], "options": {"horizon": 1}})
     assert r.json()["outputs"][0]["content"][0]["start_timestamp"] is None  # no start given
-
-
-def one(**change: Any) -> dict[str, Any]:
-    """A request's inputs: one series of three steps, changed."""
-    return {"inputs": [{**series(np.ones((3, 4))), **change}]}
 
 
 def bad(c: TestClient, body: Any, status: int = 400) -> dict[str, Any]:
@@ -151,6 +147,16 @@ def bad(c: TestClient, body: Any, status: int = 400) -> dict[str, Any]:
         ({"inputs": [series(np.ones((3, 4))), series(np.ones((2, 4)))]}, "inputs.1.name", "given twice"),
         ({"inputs": [{**series(np.ones((3, 4))), "frequency": "fortnight"}]}, "inputs.0.frequency", "one of"),
         ({"inputs": [{**series(np.ones((3, 4))), "start_timestamp": "yesterday"}]}, "inputs.0.start_timestamp", "ISO"),
+        (
+            {"inputs": [{**series(np.ones((3, 4))), "start_timestamp": "9999-12-31"}]},
+            "inputs.0.start_timestamp",
+            "past the year 9999",
+        ),
+        (
+            {"inputs": [{**series(np.ones((3, 4))), "start_timestamp": "9999-01-01", "frequency": "Y"}]},
+            "inputs.0.start_timestamp",
+            "past the year 9999",
+        ),
         (
             {"inputs": [{**series(np.ones((3, 4))), "series": [[1, 2, 3, 4], [1, 2, 3]]}]},
             "inputs.0.series.1",
@@ -253,3 +259,41 @@ def test_a_streams_chunks_carry_their_forecast_and_explanation(c: TestClient, we
         ws.send_json({"stream": "s", "inputs": rows[:2].tolist(), "forecast": {"horizon": 9}})
         closed = ws.receive()
     assert closed["type"] == "websocket.close" and closed["code"] == 1007 and "forecast.horizon" in closed["reason"]
+
+
+def test_a_key_given_twice_is_refused_and_the_route_is_counted_by_name(c: TestClient, weather: np.ndarray) -> None:
+    body = b'{"model": "nope", "model": "ahead", "inputs": [], "options": {"horizon": 1}}'
+    r = c.post(URL, content=body)
+    assert (
+        r.status_code == 400
+        and r.json()["error"]["code"] == "duplicate_key"
+        and "model" in r.json()["error"]["message"]
+    )
+    item = {**series(weather[:3]), "start_timestamp": "2025-01-01T00:00:00z"}  # RFC 3339 allows a small z
+    content = c.post(URL, json={"model": "ahead", "inputs": [item], "options": {"horizon": 1}}).json()
+    assert content["outputs"][0]["content"][0]["start_timestamp"] == "2025-01-04T00:00:00Z"
+    assert 'lstm_requests_total{route="/v1/timeseries/forecast",status="400"}' in c.get("/metrics").text
+
+
+def test_a_sequence_started_on_a_one_step_version_goes_on_there_after_a_wider_one_is_added(
+    ahead_repo: Path, settings: Settings, tmp_path: Path, weather: np.ndarray
+) -> None:
+    """A version of more horizons reads what the one-step version reads: a server-held sequence begun on the
+    one-step version continues there through the unversioned route, and a forecast it cannot give is a 422."""
+    for version, source in ((1, "tiny"), (2, "ahead")):
+        folder = tmp_path / "m" / str(version)
+        folder.mkdir(parents=True)
+        for f in (ahead_repo / source / "1").iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nversion_policy: { all: {} }\n')
+    rows = weather[10:30].tolist()
+    with app_client(settings, model_repository=tmp_path, model_name="m") as c:
+        start = {"inputs": [rows[:10]], "sequence": {"id": "s1", "start": True}}
+        first = c.post("/v1/models/m/versions/1/predict", json=start).json()
+        go_on = {"inputs": [rows[10:]], "sequence": {"id": "s1", "end": True}}
+        r = c.post("/v1/models/m/predict", json={**go_on, "forecast": {"horizon": 3}})
+        assert r.status_code == 422 and "cannot give this forecast" in r.text  # version 1 forecasts one step
+        second = c.post("/v1/models/m/predict", json=go_on)
+        assert second.status_code == 200 and second.json()["model"] == {"name": "m", "version": "1"}
+        whole = c.post("/v1/models/m/versions/1/predict", json={"inputs": [rows]}).json()["outputs"][0]
+    np.testing.assert_allclose(first["outputs"][0] + second.json()["outputs"][0], whole, rtol=0, atol=1e-5)

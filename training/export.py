@@ -23,6 +23,7 @@ import torch
 
 from service.model.contract import CONFIG_FILE, INPUTS, METADATA_FILE, MODEL_CARD_FILE, MODEL_FILE, OUTPUTS, tensors
 
+from .horizons import FOLDS, INTERVALS, SEASON
 from .model import LSTMForecaster, ModelConfig
 from .quantize import CHOICES, gate, to_int8
 
@@ -131,7 +132,11 @@ def metadata(model: LSTMForecaster, ckpt: dict[str, Any], name: str, version: in
     if steps > 1 or ckpt.get("intervals"):
         extra["horizons"] = {"steps": steps, "targets": train_cfg["targets"]}
     if ckpt.get("intervals"):
-        extra["intervals"] = {"method": "split conformal, cross-fit residuals", **ckpt["intervals"]}
+        extra["intervals"] = {
+            "method": f"cross-conformal: residuals of {FOLDS} fold models trained as this one, on the rows before "
+            "the test rows",
+            **ckpt["intervals"],
+        }
     return {
         "name": name,
         "version": str(version),
@@ -209,19 +214,22 @@ def horizon_card(h: dict[str, Any], targets: list[str], rows: int) -> list[str]:
     lines = [
         "## Horizons and intervals",
         "",
-        f"Held-out test rows ({rows}); seasonal persistence forecasts the value one year (365 rows) before. The "
-        f"intervals are split conformal: quantiles of {h['calibration_rows'][0]} cross-fit residuals per horizon "
-        "from the rows before the test rows; coverage is the share of test rows inside each central interval.",
+        f"Held-out test rows ({rows}); seasonal persistence forecasts the value {SEASON} rows before. The "
+        f"intervals are cross-conformal: quantiles of {h['calibration_rows'][0]} residuals per horizon, each row "
+        f"before the test rows forecast by one of {FOLDS} models trained as this one without it; coverage is the "
+        "share of test rows inside each central interval.",
         "",
-        "| target | horizon | model MAE | persistence MAE | seasonal MAE | 80% covers | 95% covers |",
-        "|---|---|---|---|---|---|---|",
+        "| target | horizon | model MAE | persistence MAE | seasonal MAE | "
+        + " | ".join(f"{100 * w:g}% covers" for w in INTERVALS)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(INTERVALS),
     ]
     for k, s in enumerate(h["test"]):
         for j, name in enumerate(targets):
+            covers = " | ".join(f"{100 * h['coverage'][f'{w:g}'][k][j]:.1f}%" for w in INTERVALS)
             lines.append(
                 f"| {name} | {s['horizon']} | {s['model']['mae'][j]:.3f} | {s['persistence']['mae'][j]:.3f} | "
-                f"{s['seasonal']['mae'][j]:.3f} | {100 * h['coverage']['0.8'][k][j]:.1f}% | "
-                f"{100 * h['coverage']['0.95'][k][j]:.1f}% |"
+                f"{s['seasonal']['mae'][j]:.3f} | {covers} |"
             )
     return lines
 

@@ -8,9 +8,10 @@ Two ways to forecast ``horizons`` steps ahead from the states at a row:
   row t + 1's input, k times (k calls; every feature must be forecast, or known ahead).
 
 Both are scored on the same rows against persistence (the value at the origin) and seasonal persistence (the
-value one season before the forecast row). Intervals are split conformal: the residuals of the validation
-rows, per horizon and target, give quantiles that the serving side adds to a forecast; the test rows, never
-seen in training or calibration, measure how often the intervals hold the actual value.
+value one season before the forecast row). Intervals are conformal: residuals per horizon and target give
+quantiles that the serving side adds to a forecast. ``training.train`` takes them cross-fit (each row before the
+test rows forecast by a model trained as the shipped one without it: cross-conformal, close to CV+); the test
+rows, never seen in training or calibration, measure how often the intervals hold the actual value.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .model import LSTMForecaster
 SEASON = 365  # rows of daily data in a year: seasonal persistence looks this far back
 LEVELS = [round(0.005 * k, 3) for k in range(1, 200)]  # the quantiles stored: 0.005 .. 0.995
 INTERVALS = (0.8, 0.95)  # the central intervals whose held-out coverage is measured
+FOLDS = 4  # blocks of the rows before the test rows, each forecast by a model trained on the others
 
 
 def by_horizon(pred: np.ndarray, horizons: int) -> np.ndarray:
@@ -103,21 +105,23 @@ def residuals(series: Series, forecasts: np.ndarray, origins: np.ndarray, start:
     return out
 
 
-def conformal(calibration: list[np.ndarray], levels: list[float] = LEVELS) -> np.ndarray:
-    """Split conformal quantiles of the residuals: [horizons, levels, targets]. Level p's value is the
-    ceil((n + 1) p)-th smallest residual for p above one half and the floor((n + 1) p)-th below it (the
-    extremes where that falls outside), so that the interval between levels p and 1 - p holds a new residual
-    with probability at least 1 - 2p when residuals are exchangeable."""
+def _rank(p: float, n: int) -> int:
+    return math.ceil((n + 1) * p) if p > 0.5 else math.floor((n + 1) * p)
+
+
+def conformal(calibration: list[np.ndarray], levels: list[float] = LEVELS) -> tuple[list[float], np.ndarray]:
+    """Conformal quantiles of the residuals: the levels ``n`` residuals can give, and [horizons, levels,
+    targets]. Level p's value is the ceil((n + 1) p)-th smallest residual for p above one half and the
+    floor((n + 1) p)-th below it, so that the interval between levels p and 1 - p holds a new residual with
+    probability at least 1 - 2p when residuals are exchangeable; a level whose rank falls outside 1..n (too
+    few residuals for it) is left out, never clamped to the extreme."""
+    n = min(len(res) for res in calibration)
+    kept = [p for p in levels if 1 <= _rank(p, n) <= n]
     out = []
     for res in calibration:
         ordered = np.sort(res, axis=0)
-        n = len(ordered)
-        rows = []
-        for p in levels:
-            rank = math.ceil((n + 1) * p) if p > 0.5 else math.floor((n + 1) * p)
-            rows.append(ordered[min(max(rank, 1), n) - 1])
-        out.append(np.stack(rows))
-    return np.stack(out)
+        out.append(np.stack([ordered[_rank(p, len(ordered)) - 1] for p in kept]))
+    return kept, np.stack(out)
 
 
 def coverage(

@@ -76,9 +76,6 @@ def score(series: Series, pred: np.ndarray, start: int, end: int) -> dict[str, d
 HEADS = ("direct", "rollout")
 
 
-FOLDS = 4  # blocks of the training and validation rows, each forecast by a model trained on the others
-
-
 def horizon_scores(
     model: LSTMForecaster,
     series: Series,
@@ -90,9 +87,9 @@ def horizon_scores(
     epochs: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per horizon, the model's scores against persistence and seasonal persistence on the validation and test
-    rows; split conformal quantiles of calibration residuals, and their coverage of the test rows.
+    rows; cross-conformal quantiles of calibration residuals, and their coverage of the test rows.
 
-    The calibration residuals are cross-fit (``FOLDS`` blocks of the training and validation rows, each
+    The calibration residuals are cross-fit (``horizons.FOLDS`` blocks of the training and validation rows, each
     forecast by a model trained as this one, for as many epochs, on the rest): every season of every year
     before the test rows, where the validation rows alone are one part of one year. The first ``window`` rows
     are left out: their forecasts come from states that have read little yet, unlike the test rows'."""
@@ -106,23 +103,23 @@ def horizon_scores(
 
     origins, forecasts = forecasts_of(model, pred, split.train_end)
     calibration: list[list[np.ndarray]] = []
-    edges = np.linspace(0, split.val_end, FOLDS + 1).astype(int)
+    edges = np.linspace(0, split.val_end, hz.FOLDS + 1).astype(int)
     for fold, (a, b) in enumerate(itertools.pairwise(edges.tolist())):
         rng = np.random.default_rng(cfg.seed + 1 + fold)
         other, _, _ = fit(cfg, mcfg, stats, series, split, rng, held_out=(a, b), epochs=epochs)
         o, f = forecasts_of(other, stream_predict(other, series), a)
         calibration.append(hz.residuals(series, f, o, max(a, cfg.window), b))  # past the states' warm-up
     pooled = [np.concatenate([fold[h] for fold in calibration]) for h in range(k)]
-    quantiles = hz.conformal(pooled)
+    levels, quantiles = hz.conformal(pooled)
     scores = {
         "head": cfg.head,
         "steps": k,
         "val": hz.score(series, forecasts, origins, split.train_end, split.val_end),
         "test": hz.score(series, forecasts, origins, split.val_end, n),
         "calibration_rows": [len(r) for r in pooled],
-        "coverage": hz.coverage(hz.residuals(series, forecasts, origins, split.val_end, n), quantiles),
+        "coverage": hz.coverage(hz.residuals(series, forecasts, origins, split.val_end, n), quantiles, levels),
     }
-    return scores, {"levels": hz.LEVELS, "quantiles": quantiles.tolist()}
+    return scores, {"levels": levels, "quantiles": quantiles.tolist()}
 
 
 def normalised_mse(model: LSTMForecaster, pred: np.ndarray, actual: np.ndarray) -> float:
@@ -192,6 +189,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"head: {cfg.head!r} is not one of {', '.join(HEADS)}")
     if cfg.horizons < 1:
         raise ValueError("horizons: at least 1")
+    if len(set(cfg.targets)) != len(cfg.targets) or len(set(cfg.features)) != len(cfg.features):
+        raise ValueError("features and targets: each name once")
     if cfg.head == "rollout" and cfg.targets != cfg.features:
         raise ValueError("head rollout feeds its forecasts back as inputs: its targets must be its features")
     torch.manual_seed(cfg.seed)
@@ -199,6 +198,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     series = load_csv(cfg.data, cfg.features, cfg.targets)
     n = len(series.features)
     split = split_by_time(n, cfg.val_frac, cfg.test_frac)
+    if cfg.horizons >= min(split.val_end - split.train_end, n - split.val_end):
+        msg = f"horizons: {cfg.horizons} do not fit the {split.val_end - split.train_end} validation rows"
+        raise ValueError(f"{msg} and {n - split.val_end} test rows: fewer steps ahead, or more data")
     stats = train_stats(series, split)
     written = cfg.horizons if cfg.head == "direct" else 1  # horizons the head writes at each row
     stats["y_mean"], stats["y_std"] = stats["y_mean"] * written, stats["y_std"] * written

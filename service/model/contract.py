@@ -77,6 +77,11 @@ class ModelSpec:
         """How far ahead it forecasts, and its intervals (checked when the model loads)."""
         return Horizons.read(self.metadata, self.output_size, self.target_names)
 
+    def reads(self) -> tuple[int, int, int]:
+        """What a request is read and checked against: values per step, and the states' layers and units. Two
+        versions that read the same may run each other's requests (their outputs may differ)."""
+        return self.input_size, self.num_layers, self.hidden_size
+
     def graph(self) -> dict[str, TensorSpec]:
         return tensors(self.input_size, self.output_size, self.hidden_size, self.num_layers)
 

@@ -1,7 +1,7 @@
 """What a model forecasts ahead, from its metadata: how many steps, of which targets, and its intervals.
 
 A head of several horizons writes, at each step, output ``(k - 1) * targets + j`` for target j at step t + k
-(``training.export``). Its intervals are split conformal: per horizon and target, quantiles of the residuals
+(``training.export``). Its intervals are conformal: per horizon and target, quantiles of the residuals
 (actual minus forecast) at ``levels``; a forecast's quantile q is the forecast plus the residuals' quantile q,
 interpolated between the stored levels. A one-step model without intervals forecasts one step, and no quantile.
 """

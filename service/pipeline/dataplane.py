@@ -44,6 +44,8 @@ class Call(Generic[C]):
     explain_loc: Loc = ("explain",)  # where the request asked for them, for an error about it
     context: C | None = None  # the codec's own: requested outputs, a stream's name
     sequence: SequenceRef | None = None  # a server-held sequence this chunk continues (one sequence)
+    # What the codec asks of the version that runs the call, checked before another version runs it (a raise)
+    fits: Callable[[ModelSpec], None] | None = None
 
 
 @dataclass
@@ -195,9 +197,11 @@ class DataPlane:
             if not _unknown_sequence(e):
                 raise
             if not pinned and not call.sequence.start:
-                dims = self.engine.spec.graph()
+                reads = self.engine.spec.reads()  # what the chunk was read as: another version that reads the same
                 for other in self.family:  # started before this version became the model's default
-                    if other is not self and not other.retired and other.engine.spec.graph() == dims:
+                    if other is not self and not other.retired and other.engine.spec.reads() == reads:
+                        if call.fits is not None:
+                            call.fits(other.engine.spec)  # before the chunk runs there: a refusal changes nothing
                         found = await other._continue(call)
                         if found is not None:
                             return found

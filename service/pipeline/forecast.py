@@ -40,7 +40,8 @@ def ask(spec: ModelSpec, horizon: Any, quantiles: Any, horizon_loc: Loc, quantil
     if not isinstance(horizon, int) or isinstance(horizon, bool):
         raise InvalidInput([error(horizon_loc, "Input should be a valid integer", "int_type")])
     if not 1 <= horizon <= h.steps:
-        msg = f"Should be 1 to {h.steps}: model {spec.name} version {spec.version} forecasts {h.steps} steps ahead"
+        steps = f"{h.steps} step{'s' if h.steps > 1 else ''}"
+        msg = f"Should be 1 to {h.steps}: model {spec.name} version {spec.version} forecasts {steps} ahead"
         raise InvalidInput([error(horizon_loc, msg, "horizon", limit=h.steps)])
     if quantiles is None:
         return Ask(horizon)
@@ -85,8 +86,22 @@ def answer(result: SequenceResult, spec: ModelSpec, asked: Ask) -> dict[str, Any
     return {"mean": ahead.mean, "quantiles": ahead.quantiles}
 
 
+def fits(spec: ModelSpec, asked: Ask, loc: Loc = ("forecast",)) -> None:
+    """That ``spec`` can give the forecast ``asked`` (read against another version of its model: a server-held
+    sequence's chunk runs on the version the sequence started on)."""
+    h, reach = spec.horizons, spec.horizons.quantile_range
+    quantiles_fit = not asked.quantiles or (
+        reach is not None and reach[0] <= min(asked.quantiles) and max(asked.quantiles) <= reach[1]
+    )
+    if asked.horizon > h.steps or not quantiles_fit:
+        msg = f"Version {spec.version} of model {spec.name}, which this sequence runs on, cannot give this forecast"
+        raise InvalidInput([error(loc, msg, "horizon")])
+
+
 def forecast(result: SequenceResult, spec: ModelSpec, asked: Ask) -> Forecast:
-    """One sequence's forecast from the outputs of its last step."""
+    """One sequence's forecast from the outputs of its last step, by ``spec``: the version that ran it (a
+    server-held sequence's chunk may run on another version than the request was read by: checked again)."""
     h = spec.horizons
+    fits(spec, asked)
     mean = h.mean(np.asarray(result.outputs[-1], dtype=np.float32), asked.horizon)
     return Forecast(mean, {quantile_key(q): h.quantile(mean, q) for q in asked.quantiles})

@@ -288,6 +288,12 @@ def _fast_document(body: bytes) -> Any:
         raise NotFast from None
 
 
+def document(body: bytes, loc: Loc = ()) -> Any:
+    """A whole small body as plain Python, read as the exact reader reads it: a key given twice, NaN or
+    Infinity refused, an error's place in it named."""
+    return _exact_document(body, loc)
+
+
 def _exact_document(body: bytes, loc: Loc) -> Any:
     if body.count(b":") > 1:  # objects with keys: refuse a key given twice, which orjson keeps silently
         try:

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 import orjson
+from anyio.to_thread import run_sync as run_in_threadpool
 from starlette.types import Receive, Scope
 
 from ..model.contract import ModelSpec
-from ..pipeline import forecast, rules
-from ..pipeline.dataplane import Call, Outcome
+from ..pipeline import forecast, jsondata, rules
+from ..pipeline.dataplane import INLINE_DECODE_BYTES, Call, Outcome
 from ..pipeline.errors import InvalidInput, Loc, PayloadTooLarge, ServiceError, error, where
 from ..pipeline.registry import Registry
 from ..pipeline.rules import Limits
@@ -53,8 +54,7 @@ class Series:
     kind: str
     name: str
     frequency: str  # as the request spelt it
-    start: datetime | None
-    utc_z: bool  # the start was written with "Z": the answer's too
+    forecast_start: str | None  # one period after the series' last step (None: the request gave no start)
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,9 @@ def _timestamp(value: Any, loc: Loc) -> tuple[datetime | None, bool]:
         return None, False
     if not isinstance(value, str) or len(value) > 64:
         raise _invalid(loc, "Input should be an ISO 8601 timestamp", "timestamp")
+    written = value[:-1] + "Z" if value.endswith("z") else value  # RFC 3339 allows either
     try:
-        return datetime.fromisoformat(value), value.endswith(("Z", "z"))
+        return datetime.fromisoformat(written), written.endswith("Z")
     except ValueError:
         raise _invalid(loc, f"{value!r} is not an ISO 8601 timestamp", "timestamp") from None
 
@@ -103,7 +104,11 @@ def _values(series: Any, loc: Loc, kind: str, spec: ModelSpec, limits: Limits) -
             if not isinstance(v, int | float) or isinstance(v, bool):
                 place = (*loc, t) if kind == UNIVARIATE else (*loc, t, f)
                 raise _invalid(place, "Input should be a valid number", "float_type")
-    return rules.finite_float32(np.asarray(rows, dtype=np.float64).astype(np.float32), loc)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused by name just below
+        values = np.asarray(rows, dtype=np.float64).astype(np.float32)
+    if kind == UNIVARIATE:
+        return rules.finite_float32(values[:, 0], loc)[:, None]  # its places: the series' own indexes
+    return rules.finite_float32(values, loc)
 
 
 class ForecastCodec:
@@ -147,9 +152,11 @@ class ForecastCodec:
             names.add(name)
             if not isinstance(frequency, str) or frequency.upper() not in FREQUENCIES:
                 raise _invalid((*loc, "frequency"), f"Should be one of {', '.join(FREQUENCIES)}", "literal_error")
+            values = _values(item["series"], (*loc, "series"), kind, spec, limits)
             start, utc_z = _timestamp(item.get("start_timestamp"), (*loc, "start_timestamp"))
-            x.append(_values(item["series"], (*loc, "series"), kind, spec, limits))
-            series.append(Series(kind, name, frequency, start, utc_z))
+            after = None if start is None else _after(start, utc_z, frequency, len(values), (*loc, "start_timestamp"))
+            x.append(values)
+            series.append(Series(kind, name, frequency, after))
         batch = rules.batch(x, None, None, spec, limits, PLACES)
         return Call(batch, context=Request(series, asked))
 
@@ -158,18 +165,19 @@ class ForecastCodec:
         request = call.context
         targets = spec.horizons.targets
         outputs = []
-        for s, result, steps in zip(request.series, outcome.results, call.batch.lengths.tolist(), strict=True):
+        for s, result in zip(request.series, outcome.results, strict=True):
             ahead = forecast.forecast(result, spec, request.asked)
             one = len(targets) == 1  # one target: a univariate forecast, a list of numbers
-            content = {
+            content: dict[str, Any] = {
                 "type": UNIVARIATE if one else MULTIVARIATE,
                 "name": s.name,
                 "mean_forecast": ahead.mean[:, 0] if one else ahead.mean,
                 "frequency": s.frequency,
-                "start_timestamp": _after(s, steps),
-                "quantiles": {q: v[:, 0] if one else v for q, v in ahead.quantiles.items()},
+                "start_timestamp": s.forecast_start,
                 "targets": targets,
             }
+            if ahead.quantiles:  # none asked: none given, as the API has it
+                content["quantiles"] = {q: v[:, 0] if one else v for q, v in ahead.quantiles.items()}
             status = {"id": f"ts_{new_request_id()}", "status": "completed"}
             outputs.append({"type": "time_series_forecast", **status, "content": [content]})
         answer = {
@@ -184,26 +192,24 @@ class ForecastCodec:
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _after(s: Series, steps: int) -> str | None:
-    """When the forecast starts: ``steps`` periods after the series' start (None when the request gave none)."""
-    if s.start is None:
-        return None
-    code = FREQUENCIES[s.frequency.upper()]
-    if code in FIXED:
-        when = s.start + FIXED[code] * steps
-    else:
-        month = s.start.month - 1 + MONTHS[code] * steps
-        year, month = s.start.year + month // 12, month % 12 + 1
-        when = s.start.replace(year=year, month=month, day=min(s.start.day, calendar.monthrange(year, month)[1]))
+def _after(start: datetime, utc_z: bool, frequency: str, steps: int, loc: Loc) -> str:
+    """When the forecast starts: ``steps`` periods after the series' start (a 400 past the calendar's end)."""
+    code = FREQUENCIES[frequency.upper()]
+    try:
+        if code in FIXED:
+            when = start + FIXED[code] * steps
+        else:
+            month = start.month - 1 + MONTHS[code] * steps
+            year, month = start.year + month // 12, month % 12 + 1
+            when = start.replace(year=year, month=month, day=min(start.day, calendar.monthrange(year, month)[1]))
+    except (OverflowError, ValueError):
+        raise _invalid(loc, f"{steps} steps of {frequency} from it run past the year 9999", "timestamp") from None
     text = when.isoformat()
-    return text.removesuffix("+00:00") + "Z" if s.utc_z else text
+    return text.removesuffix("+00:00") + "Z" if utc_z else text
 
 
 def _document(body: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise _invalid(("body",), f"Not JSON: {e}", "json_invalid") from None
+    doc = jsondata.document(body, ("body",))  # a key given twice is refused, as on every JSON protocol
     if not isinstance(doc, dict):
         raise _invalid(("body",), "Input should be a JSON object", "model_attributes_type")
     if not isinstance(doc.get("model"), str) or not doc["model"]:
@@ -212,11 +218,20 @@ def _document(body: bytes) -> dict[str, Any]:
 
 
 async def serve(registry: Registry, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str], bytes]:
-    """Status, body, headers and content type of one forecast request."""
+    """Status, body, headers and content type of one forecast request. The body names the model: it is read and
+    parsed before that model's request path takes it, admitted meanwhile as any request is (the worker's
+    admission is one for every model), and a large one is parsed off the event loop."""
     try:
-        limits = registry.default_plane.limits
-        body = await read_body(scope, receive, limits.max_body_bytes, limits.body_timeout_s)
-        doc = _document(body)
+        plane = registry.default_plane
+        plane.admission.enter()
+        try:
+            body = await read_body(scope, receive, plane.limits.max_body_bytes, plane.limits.body_timeout_s)
+            if len(body) <= INLINE_DECODE_BYTES:
+                doc = _document(body)
+            else:
+                doc = await run_in_threadpool(_document, body)
+        finally:
+            plane.admission.leave()  # no await before the model's path enters it again
         plane = registry.get(doc["model"], None)
 
         async def parsed() -> bytes:
