@@ -115,14 +115,19 @@ def test_a_graph_it_cannot_read_is_refused(tmp_path: Path) -> None:
         Explainer.from_onnx((tmp_path / "m.onnx").read_bytes())
 
 
-def test_cli_draws_the_gates_of_a_model(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("model", ["tiny/1", "shipped 3"])
+def test_cli_draws_the_gates_of_a_model(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    """A one-step model, and the shipped one of seven horizons (whose outputs, temp_max+1 ..., are no columns)."""
     from training.__main__ import main
 
-    from .conftest import DATA
+    from .conftest import DATA, ROOT
 
+    folder = repo / "tiny" / "1" if model == "tiny/1" else ROOT / "models" / "seattle-weather" / "3"
     out = tmp_path / "gates.png"
-    args = ["explain", "--model", str(repo / "tiny" / "1"), "--data", str(DATA), "--steps", "60", "--out", str(out)]
+    args = ["explain", "--model", str(folder), "--data", str(DATA), "--steps", "60", "--out", str(out)]
     assert main(args) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert '"layer": 1' in printed and '"units": 8' in printed
+    assert '"layer": 1' in printed and f'"units": {8 if model == "tiny/1" else 64}' in printed

@@ -22,7 +22,8 @@ from .data import load_csv
 def explain_csv(model_dir: Path, data: str | Path) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
     """The model's metadata, the CSV's feature rows and the explanation of all of them, streamed from row 0."""
     meta = json.loads((model_dir / METADATA_FILE).read_text())
-    series = load_csv(data, meta["feature_names"], meta["target_names"])
+    targets = (meta.get("horizons") or {}).get("targets", meta["target_names"])  # columns, not "temp_max+3"
+    series = load_csv(data, meta["feature_names"], targets)
     explainer = Explainer.from_onnx((model_dir / MODEL_FILE).read_bytes())
     zeros = np.zeros((len(explainer.layers), explainer.hidden_size), dtype=np.float32)
     return meta, series.features, explainer.explain(series.features, zeros, zeros)
