@@ -27,9 +27,10 @@ from .protocols.handlers import error_for
 from .protocols.oip_routes import router as oip_router
 from .protocols.rest_routes import router
 from .protocols.websocket import Connections
-from .server.middleware import ApiKeyAuth, RequestContext
+from .server.middleware import OPEN_ROUTES, ApiKeyAuth, RequestContext
 from .server.shutdown import watch_for_stop
 from .settings import Settings, get_settings
+from .ui.routes import PAGES
 from .ui.routes import router as ui_router
 
 log = logging.getLogger("service.app")
@@ -136,7 +137,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     if tracing.enabled():  # else not even one test per request
         edge = tracing.TraceRequests(edge)
     if s.api_keys:
-        edge = ApiKeyAuth(edge, keys=s.api_keys)
+        # The page's own files are open when it is on: what it shows comes through the API, with the user's key.
+        open_routes = OPEN_ROUTES | (frozenset(PAGES) if s.ui else frozenset())
+        edge = ApiKeyAuth(edge, keys=s.api_keys, open_routes=open_routes)
     if s.cors_origins:
         edge = CORSMiddleware(
             edge,

@@ -170,8 +170,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default=[],
         repr=False,
-        description="Comma-separated keys; when set, every route but health (`/health/*`, `/v2/health/*`) and "
-        "metrics needs `Authorization: Bearer <key>`.",
+        description="Comma-separated keys; when set, every route but health (`/health/*`, `/v2/health/*`), "
+        "metrics and the page's own files (`/ui`) needs `Authorization: Bearer <key>` (a WebSocket handshake may "
+        "offer it as the subprotocol `lstm.bearer.<base64url key>`).",
         json_schema_extra={"shown": "none"},
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(

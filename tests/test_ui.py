@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
+from service.server.middleware import KEY_SUBPROTOCOL, STREAM_SUBPROTOCOL
 from service.settings import Settings
+from service.ui.routes import CSP
 
 from .conftest import DATA, app_client
 
@@ -22,7 +24,7 @@ SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name in the script, not a plac
 
 
 def bearer(key: str) -> str:
-    return "lstm.bearer." + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+    return KEY_SUBPROTOCOL + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
 def test_the_page_is_served_open_with_its_script_and_no_outside_source(settings: Settings) -> None:
@@ -30,22 +32,24 @@ def test_the_page_is_served_open_with_its_script_and_no_outside_source(settings:
         for path, kind in (("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")):
             r = c.get(path)
             assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
-            assert r.headers["content-security-policy"] == "default-src 'self'; connect-src 'self'"
+            assert r.headers["content-security-policy"] == CSP and r.headers["x-content-type-options"] == "nosniff"
             outside = set(re.findall(r"https?://[^\s\"'`]+", r.text)) - {
                 "http://www.w3.org/2000/svg"
             }  # SVG's namespace
             assert not outside  # nothing fetched from elsewhere: no CDN
         assert '<script src="/ui/app.js">' in c.get("/ui").text
+        script = c.get("/ui/app.js").text  # the page offers the subprotocols the server takes
+        assert f'"{STREAM_SUBPROTOCOL}"' in script and f'"{KEY_SUBPROTOCOL}"' in script
         assert c.get("/ui/data/tiny").status_code == 401  # what the page shows needs the key
 
 
 def test_the_page_can_be_switched_off(settings: Settings) -> None:
-    with app_client(settings, ui=False) as c:
-        assert c.get("/ui").status_code == 404 and c.get("/ui/data/tiny").status_code == 404
+    with app_client(settings, ui=False, api_keys=[KEY]) as c:
+        assert c.get("/ui").status_code == 401  # off, its paths are no longer open: nothing is there for anyone
+        assert c.get("/ui", headers={"authorization": f"Bearer {KEY}"}).status_code == 404
 
 
-def test_a_models_data_is_the_feature_columns_of_its_csv(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(DATA.parent.parent)  # the metadata names data/seattle-weather.csv, relative to where it runs
+def test_a_models_data_is_the_feature_columns_of_its_csv(settings: Settings) -> None:
     with app_client(settings) as c:
         doc = c.get("/ui/data/tiny").json()
         assert c.get("/ui/data/nope").status_code == 404
@@ -57,16 +61,13 @@ def test_a_models_data_is_the_feature_columns_of_its_csv(settings: Settings, mon
 
 
 @pytest.mark.parametrize("source", ["missing.csv", "/etc/passwd", "bad.csv", "../models"])
-def test_no_data_where_the_server_cannot_read_it(
-    settings: Settings, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
-) -> None:
+def test_no_data_where_the_server_cannot_read_it(settings: Settings, repo: Path, tmp_path: Path, source: str) -> None:
     """A data file that is not there, not a CSV, or not the model's columns as numbers: none is served."""
     shutil.copytree(repo, tmp_path / "models")
     meta_path = tmp_path / "models" / "tiny" / "1" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "training": {**meta["training"], "data": source}}))
-    (tmp_path / "bad.csv").write_text("precipitation,temp_max,temp_min,wind\n1,2,x,4\n")
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.csv").write_text("precipitation,temp_max,temp_min,wind\n1,2,x,4\n")  # beside models/
     with app_client(settings, model_repository=tmp_path / "models") as c:
         r = c.get("/ui/data/tiny")
     assert r.status_code == 404 and "paste a CSV" in r.json()["detail"]

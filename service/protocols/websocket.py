@@ -12,6 +12,9 @@ Messages are JSON text, one request and one answer each:
 - ``{"stream": "a", "reset": true}`` forgets the stream: ``{"stream": "a", "reset": true}``.
 - ``{"stream": "a", "state": true}`` answers its states: ``{"stream": "a", "hn": ..., "cn": ...}``.
 
+The handshake may offer the subprotocol ``lstm`` (chosen when offered) and, for a browser, which cannot set
+headers, the API key as ``lstm.bearer.<base64url key>`` (``server.middleware``).
+
 Every message goes through the ``DataPlane`` (validation, limits, admission, deadline, batching)
 with this codec. Errors close the connection, each with its code and a reason naming the field:
 1007 bad input, 1003 a binary frame, 1009 a message over the body limit, 1008 too many streams

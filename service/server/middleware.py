@@ -3,9 +3,9 @@
 ``RequestContext`` (outermost): a request id (the client's ``X-Request-ID`` when it is a sane
 token, else a new one), echoed on the answer; one structured log line per request with status
 and duration, never the input data; request metrics.
-``ApiKeyAuth``: with API keys configured, ``Authorization: Bearer <key>`` on every route but
-health (``/health/*``, ``/v2/health/*``) and metrics, compared in constant time; 401 otherwise,
-the same for every failure.
+``ApiKeyAuth``: with API keys configured, ``Authorization: Bearer <key>`` (or, on a WebSocket handshake,
+the subprotocol ``KEY_SUBPROTOCOL``) on every route but the open ones (health, metrics, and the page's
+files while it is on), compared in constant time; 401 otherwise, the same for every failure.
 """
 
 from __future__ import annotations
@@ -30,11 +30,7 @@ access = AccessLog(log)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CLIENT_LEFT = "lstm.client_left"  # in scope["state"], set by the server: true once the client left unanswered
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
-# Health, metrics and the page at /ui (static: what it shows comes through the API, with the user's key).
-OPEN_ROUTES = frozenset(
-    {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics", "/ui", "/ui/app.js",
-     "/ui/style.css"}
-)  # fmt: skip
+OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 # A browser cannot set a WebSocket's headers: it offers these subprotocols instead, the key base64url-encoded in
 # the second (``new WebSocket(url, ["lstm", "lstm.bearer." + key])``); the server accepts the first.
 STREAM_SUBPROTOCOL = "lstm"
@@ -111,16 +107,17 @@ def _bearer(subprotocol: str) -> str:
     """``lstm.bearer.<base64url key>`` as an ``Authorization`` value ("" if it does not decode)."""
     encoded = subprotocol[len(KEY_SUBPROTOCOL) :]
     try:
-        key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         return ""
     return f"Bearer {key}"
 
 
 class ApiKeyAuth:
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], open_routes: frozenset[str] = OPEN_ROUTES) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.open_routes = open_routes  # served without a key
 
     def _authorized(self, scope: Scope) -> bool:
         if authorized(Headers(scope=scope).get("authorization", ""), self.keys):
@@ -129,7 +126,7 @@ class ApiKeyAuth:
         return scope["type"] == "websocket" and len(offered) == 1 and authorized(_bearer(offered[0]), self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_ROUTES or self._authorized(scope):
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_routes or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         metrics.REJECTED.labels("unauthorized").inc()

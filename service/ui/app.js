@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const page = { info: null, data: null, run: null };
+window.lstmPage = page;  // what is drawn, for a reader of the page (the browser tests compare it with the API)
 
 function key() { return $("key").value.trim(); }
 function headers() { return key() ? { Authorization: "Bearer " + key() } : {}; }
@@ -39,6 +40,7 @@ async function loadModels() {
 async function chooseModel() {
   clear();
   const name = $("model").value;
+  page.info = null;
   try {
     page.info = await api(`/v1/models/${encodeURIComponent(name)}`);
   } catch (e) { fail(e.message); return; }
@@ -46,6 +48,10 @@ async function chooseModel() {
   $("horizon").max = h.steps;
   $("horizon").value = Math.min(Number($("horizon").value) || h.steps, h.steps);
   $("interval").disabled = !h.quantiles;
+  for (const option of $("interval").options) {  // an interval the model's quantiles reach
+    const width = Number(option.value);
+    option.disabled = !h.quantiles || (1 - width) / 2 < h.quantiles[0] - 1e-9 || (1 + width) / 2 > h.quantiles[1] + 1e-9;
+  }
   page.data = null;
   try { page.data = await api(`/ui/data/${encodeURIComponent(name)}`); } catch (e) { page.data = null; }
   const windowChoice = document.querySelector('input[name="source"][value="window"]');
@@ -137,10 +143,11 @@ async function stream(event) {
   const column = page.info.feature_names.indexOf(target);
   const run = {
     actual: column >= 0 ? rows.map((r) => r[column]) : null, oneStep: [], maps: { forget: [], input: [], output: [], cell: [] },
-    forecast: null, quantiles, horizon, steps: 0, target,
+    forecast: null, quantiles, horizon, steps: 0, target, cellBound: 1e-6, order: null,
   };
   page.run = run;
   document.body.dataset.done = "false";
+  $("run").disabled = true;  // one stream at a time
   const link = connect($("model").value);
   try {
     await link.opened;
@@ -153,6 +160,9 @@ async function stream(event) {
         const layers = answer.explanation[gate];
         layers[layers.length - 1].forEach((step) => run.maps[gate].push(step));
       }
+      for (const step of answer.explanation.cell.at(-1)) {
+        for (const value of step) run.cellBound = Math.max(run.cellBound, Math.abs(value));
+      }
       run.forecast = answer.forecast;
       run.steps += part.length;
       draw(run);
@@ -161,7 +171,7 @@ async function stream(event) {
     say(`done: ${run.steps} steps in ${chunks} chunks`);
     document.body.dataset.done = "true";
   } catch (e) { fail(`Streaming stopped: ${e.message}`); }
-  finally { link.close(); }
+  finally { link.close(); $("run").disabled = false; }
 }
 
 // ---- drawing
@@ -180,7 +190,10 @@ function draw(run) {
   const high = qHigh ? run.forecast.quantiles[qHigh].map((m) => m[0]) : null;
   drawChart(run, mean, low, high);
   drawTable(run, mean, low, high);
-  for (const gate of Object.keys(run.maps)) drawMap($(`map-${gate}`), run.maps[gate], gate === "cell");
+  run.order = memoryOrder(run.maps.forget);
+  for (const gate of Object.keys(run.maps)) {
+    drawMap($(`map-${gate}`), run.maps[gate], run.order, gate === "cell" ? run.cellBound : null);
+  }
 }
 
 function drawChart(run, mean, low, high) {
@@ -237,24 +250,35 @@ function drawTable(run, mean, low, high) {
   }));
 }
 
-function color(value, diverging, scale) {
-  if (diverging) {
-    const t = Math.max(-1, Math.min(1, value / scale));
+// viridis at nine points (0 .. 1), as python -m training explain colours the gates; the cell state in red and
+// blue around zero (its RdBu_r), scaled to the largest |c| streamed so far.
+const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129],
+  [92, 200, 99], [170, 220, 50], [253, 231, 37]];
+
+function color(value, bound) {
+  if (bound !== null) {
+    const t = Math.max(-1, Math.min(1, value / bound));
     return t < 0 ? [255 * (1 + t), 255 * (1 + t), 255] : [255, 255 * (1 - t), 255 * (1 - t)];
   }
-  const t = Math.max(0, Math.min(1, value));  // gates: dark to light
-  return [20 + 230 * t, 30 + 210 * t, 60 + 150 * t];
+  const x = Math.max(0, Math.min(1, value)) * (VIRIDIS.length - 1), i = Math.min(Math.floor(x), VIRIDIS.length - 2);
+  const f = x - i;
+  return VIRIDIS[i].map((c, k) => c + f * (VIRIDIS[i + 1][k] - c));
 }
 
-function drawMap(canvas, steps, diverging) {
+function memoryOrder(forget) {
+  // Units by their mean forget gate, longest memories on top, as python -m training explain orders them.
+  const units = forget[0].length, mean = new Array(units).fill(0);
+  for (const step of forget) step.forEach((v, u) => { mean[u] += v / forget.length; });
+  return [...mean.keys()].sort((a, b) => mean[b] - mean[a]);
+}
+
+function drawMap(canvas, steps, order, bound) {
   if (!steps.length) return;
-  const units = steps[0].length;
   canvas.width = steps.length;
-  canvas.height = units;
-  const context = canvas.getContext("2d"), image = context.createImageData(steps.length, units);
-  const scale = diverging ? Math.max(1e-6, ...steps.flat().map(Math.abs)) : 1;
-  steps.forEach((step, t) => step.forEach((value, u) => {
-    const [r, g, b] = color(value, diverging, scale), i = 4 * (u * steps.length + t);
+  canvas.height = order.length;
+  const context = canvas.getContext("2d"), image = context.createImageData(steps.length, order.length);
+  steps.forEach((step, t) => order.forEach((unit, row) => {
+    const [r, g, b] = color(step[unit], bound), i = 4 * (row * steps.length + t);
     image.data[i] = r; image.data[i + 1] = g; image.data[i + 2] = b; image.data[i + 3] = 255;
   }));
   context.putImageData(image, 0, 0);
@@ -262,6 +286,9 @@ function drawMap(canvas, steps, diverging) {
 
 $("key").value = sessionStorage.getItem("lstm-key") || "";
 $("connect").addEventListener("click", loadModels);
+$("key").addEventListener("keydown", (event) => {  // Enter in the key field loads the models; it streams nothing
+  if (event.key === "Enter") { event.preventDefault(); loadModels(); }
+});
 $("model").addEventListener("change", chooseModel);
 $("controls").addEventListener("submit", stream);
 loadModels();

@@ -95,10 +95,16 @@ def test_without_the_key_the_page_says_so_and_with_it_streams_to_the_end(page: A
     cells = page.locator("#forecast td[data-value]")
     table = [float(cells.nth(i).get_attribute("data-value")) for i in range(cells.count())]
     assert table[::3] == pytest.approx(drawn["value"], abs=1e-6)
-    # The heat maps hold one column per step and one row per unit of the top layer.
+    # The heat maps: the top layer's gates and cell state, one column per step and one row per unit, the units in
+    # the order python -m training explain gives them (longest memory on top); their values are the API's.
+    explained = httpx.post(f"{url}/predict", json={"inputs": [rows], "explain": True}, headers=AUTH).json()
+    drawn_maps = page.evaluate("() => window.lstmPage.run.maps")
     for gate in ("forget", "input", "output", "cell"):
+        np.testing.assert_allclose(drawn_maps[gate], explained["explanation"][0][gate][-1], rtol=0, atol=1e-5)
         size = page.locator(f"#map-{gate}").evaluate("c => [c.width, c.height]")
         assert size == [120, 64]
+    order = np.argsort(-np.mean(explained["explanation"][0]["forget"][-1], axis=0), kind="stable")
+    assert page.evaluate("() => window.lstmPage.run.order") == order.tolist()
 
 
 @pytest.mark.parametrize(
