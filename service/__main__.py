@@ -81,6 +81,11 @@ def main() -> int:
         folders.append(tempfile.mkdtemp(prefix="lstm-state-"))
         os.environ["LSTM_STATE_URL"] = f"sqlite://{folders[-1]}/sequences.db"
         get_settings.cache_clear()
+    # The WebSocket layer re-reads a handshake's headers with limits of its own (a line of 8 KB, 128 headers); over
+    # them it neither answers nor closes, holding a connection slot forever. Raised to what the headers may hold
+    # (service.server.protocol refuses more with a 431), for the workers, which read them at import.
+    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(s.max_header_bytes))
+    os.environ.setdefault("WEBSOCKETS_MAX_NUM_HEADERS", str(s.max_header_bytes // 4))
     # uvicorn drains on SIGTERM, then re-raises it under the handler found at start: this one, so a
     # requested stop exits 0 (also when it comes before uvicorn is listening).
     signal.signal(signal.SIGTERM, _exit_cleanly)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -187,6 +188,14 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _visible_ascii(cls, value: list[str]) -> list[str]:
+        # What every client can send alike: an HTTP header, a browser's fetch, a WebSocket subprotocol (base64url).
+        if any(not re.fullmatch(r"[\x21-\x7e]+", key) for key in value):
+            raise ValueError("each key should be visible ASCII: no spaces, no other characters")
         return value
 
     @field_validator("state_url")

@@ -8,6 +8,7 @@ import csv
 import json
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from service.server.middleware import KEY_SUBPROTOCOL, STREAM_SUBPROTOCOL
 from service.settings import Settings
 from service.ui.routes import CSP
 
-from .conftest import DATA, app_client
+from .conftest import DATA, app_client, running_server
 
 KEY = "ui-key"
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name in the script, not a place it loads from
@@ -92,3 +93,30 @@ def test_a_browser_sends_its_key_as_a_subprotocol(settings: Settings) -> None:
             "targets": ["temp_max"],
             "quantiles": None,
         }
+
+
+@pytest.mark.parametrize("size", [9000, 15000])
+def test_a_long_handshake_header_is_answered_not_held(repo: Path, size: int) -> None:
+    """A WebSocket handshake whose one header line is longer than the WebSocket layer's own 8 KB (a long key in
+    the subprotocol) is answered at once, not left holding a connection slot."""
+    with running_server(repo, {"LSTM_WORKERS": "1", "LSTM_API_KEYS": KEY}) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        handshake = (
+            "GET /v1/models/tiny/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: lstm, {KEY_SUBPROTOCOL}{'A' * size}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(handshake.encode())
+            answer = raw.recv(200)
+        assert answer.startswith(b"HTTP/1.1 403")  # the key is wrong: refused, and said so
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.mark.parametrize("keys", ["good,with space", "ünïcode", "tab\tkey"])
+def test_keys_are_visible_ascii_as_every_client_can_send_them(keys: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="visible ASCII"):
+        Settings(api_keys=keys)

@@ -45,6 +45,7 @@ async function chooseModel() {
     page.info = await api(`/v1/models/${encodeURIComponent(name)}`);
   } catch (e) { fail(e.message); return; }
   const h = page.info.horizons;
+  $("chunk").max = explainedSteps();
   $("horizon").max = h.steps;
   $("horizon").value = Math.min(Number($("horizon").value) || h.steps, h.steps);
   $("interval").disabled = !h.quantiles;
@@ -62,6 +63,12 @@ async function chooseModel() {
     `${h.targets.join(", ")} up to ${h.steps} step${h.steps > 1 ? "s" : ""} ahead` +
     (h.quantiles ? ", with calibrated intervals." : " (no intervals).") +
     (page.data ? ` Its data: ${page.data.rows.length} rows.` : " No data of it on this server: paste a CSV.");
+}
+
+function explainedSteps() {
+  // The most steps one chunk may have explained (the server's limit on an explanation's values).
+  const info = page.info;
+  return Math.max(1, Math.floor(info.limits.explain_max_values / (info.num_layers * info.hidden_size)));
 }
 
 function parseCsv(text, features) {
@@ -133,11 +140,12 @@ function connect(name) {
 async function stream(event) {
   event.preventDefault();
   clear();
+  document.body.dataset.done = "false";
   if (!page.info) { fail("Load the models first."); return; }
   let rows;
   try { rows = chosenRows(); } catch (e) { fail(e.message); return; }
   const h = page.info.horizons, target = h.targets[0], width = Number($("interval").value);
-  const chunk = Math.max(1, Number($("chunk").value) || 20);
+  const chunk = Math.min(Math.max(1, Number($("chunk").value) || 20), explainedSteps());
   const horizon = Math.min(Math.max(1, Number($("horizon").value) || 1), h.steps);
   const quantiles = h.quantiles ? [Math.round((1 - width) / 2 * 1000) / 1000, Math.round((1 + width) / 2 * 1000) / 1000] : [];
   const column = page.info.feature_names.indexOf(target);
@@ -213,7 +221,7 @@ function drawChart(run, mean, low, high) {
   if (low && high) {
     const band = mean.map((_, k) => [last + k + 1, high[k]]);
     const back = mean.map((_, k) => [last + mean.length - k, low[mean.length - 1 - k]]);
-    nodes.push(element("polygon", { points: line([...band, ...back]), fill: "#fecaca", id: "interval" }));
+    nodes.push(element("polygon", { points: line([...band, ...back]), fill: "#fecaca", id: "band" }));
   }
   if (run.actual) {
     nodes.push(element("polyline", { points: line(run.actual.slice(0, run.steps).map((v, t) => [t, v])), fill: "none",

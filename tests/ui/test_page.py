@@ -68,6 +68,7 @@ def test_without_the_key_the_page_says_so_and_with_it_streams_to_the_end(page: A
     expect(page.locator("#error")).to_contain_text("API key")
     load_models(page)
     assert "forecasts temp_max up to 7 steps ahead" in page.locator("#model-info").text_content()
+    assert page.locator("#chunk").get_attribute("max") == "1024"  # 131072 explained values / (2 layers x 64 units)
     page.fill("#start", "1200")
     page.fill("#steps", "120")
     page.fill("#chunk", "20")
