@@ -190,3 +190,13 @@ def test_grpc_async_stream_equals_one_call(grpc_url: str, weather: np.ndarray) -
 
     whole, streamed = asyncio.run(scenario())
     np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+
+
+def test_a_forecast_ahead_through_the_client(url: str, weather: np.ndarray) -> None:
+    with Client(url) as client:
+        answer = client.predict([weather[:12]], horizon=1)
+        assert answer.forecast is not None and answer.forecast[0].quantiles == {}
+        np.testing.assert_allclose(answer.forecast[0].mean[0], answer.outputs[0][-1], rtol=0, atol=1e-6)
+        with pytest.raises(ServiceError) as refused:
+            client.predict([weather[:12]], horizon=1, quantiles=[0.5])  # the tiny model has no intervals
+        assert refused.value.status == 422 and "no intervals" in refused.value.detail

@@ -53,11 +53,18 @@ T = TypeVar("T")
 
 
 @dataclass
+class Forecast:
+    mean: np.ndarray  # [horizon, targets]: the forecast of each step ahead of the sequence's last step
+    quantiles: dict[str, np.ndarray]  # "0.1" -> [horizon, targets], from the model's calibrated intervals
+
+
+@dataclass
 class Prediction:
     outputs: list[np.ndarray]  # one [steps, outputs] array per sequence
     hn: np.ndarray  # [batch, layers, hidden]: pass back as the next call's h0
     cn: np.ndarray
     model: dict[str, str]
+    forecast: list[Forecast] | None = None  # one per sequence, when predict was given a horizon
 
 
 def _body(inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None) -> dict[str, Any]:
@@ -69,12 +76,28 @@ def _body(inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | Non
 
 def _prediction(answer: httpx.Response) -> Prediction:
     doc = answer.json()
+    ahead = doc.get("forecast")
     return Prediction(
         [np.asarray(o, dtype=np.float32) for o in doc["outputs"]],
         np.asarray(doc["hn"], dtype=np.float32),
         np.asarray(doc["cn"], dtype=np.float32),
         doc["model"],
+        None if ahead is None else [_forecast(f) for f in ahead],
     )
+
+
+def _forecast(doc: dict[str, Any]) -> Forecast:
+    quantiles = {q: np.asarray(v, dtype=np.float32) for q, v in doc["quantiles"].items()}
+    return Forecast(np.asarray(doc["mean"], dtype=np.float32), quantiles)
+
+
+def _ahead(horizon: int | None, quantiles: Sequence[float] | None) -> dict[str, Any] | None:
+    """``/predict``'s forecast option, or None."""
+    if horizon is None:
+        if quantiles is not None:
+            raise ValueError("quantiles: give a horizon too")
+        return None
+    return {"horizon": horizon, **({"quantiles": [float(q) for q in quantiles]} if quantiles is not None else {})}
 
 
 def _predict_path(model: str | None, version: str | None) -> str:
@@ -238,20 +261,37 @@ class Client(_Base):
         )
 
     def predict(
-        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
+        self,
+        inputs: Sequence[ArrayLike],
+        h0: ArrayLike | None = None,
+        c0: ArrayLike | None = None,
+        *,
+        horizon: int | None = None,
+        quantiles: Sequence[float] | None = None,
     ) -> Prediction:
-        """A batch of sequences ([batch][steps][features]) with optional states ([batch][layers][hidden])."""
-        return self._infer(inputs, h0, c0, None)
+        """A batch of sequences ([batch][steps][features]) with optional states ([batch][layers][hidden]). With a
+        ``horizon``, also each sequence's forecast that many steps ahead of its last step, with ``quantiles``
+        (``Prediction.forecast``; over HTTP: the Open Inference Protocol has no forecast)."""
+        return self._infer(inputs, h0, c0, None, _ahead(horizon, quantiles))
 
     def _infer(
-        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
+        self,
+        inputs: Sequence[ArrayLike],
+        h0: ArrayLike | None,
+        c0: ArrayLike | None,
+        sequence: dict[str, Any] | None,
+        ahead: dict[str, Any] | None = None,
     ) -> Prediction:
+        if self.rpc is not None and ahead is not None:
+            raise ValueError("horizon: forecasts go over HTTP (/predict's forecast option); gRPC has none")
         if self.rpc is not None:
             call, lengths = self._rpc_call(inputs, h0, c0, sequence)
             return self._rpc_prediction(self._retried(lambda: self.rpc.infer(call, _trace_context())), lengths)
         body = _body(inputs, h0, c0)
         if sequence is not None:
             body["sequence"] = sequence
+        if ahead is not None:
+            body["forecast"] = ahead
         path = _predict_path(self.model, self.version)
 
         def send() -> httpx.Response:
@@ -405,19 +445,34 @@ class AsyncClient(_Base):
         )
 
     async def predict(
-        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None = None, c0: ArrayLike | None = None
+        self,
+        inputs: Sequence[ArrayLike],
+        h0: ArrayLike | None = None,
+        c0: ArrayLike | None = None,
+        *,
+        horizon: int | None = None,
+        quantiles: Sequence[float] | None = None,
     ) -> Prediction:
-        return await self._infer(inputs, h0, c0, None)
+        return await self._infer(inputs, h0, c0, None, _ahead(horizon, quantiles))
 
     async def _infer(
-        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
+        self,
+        inputs: Sequence[ArrayLike],
+        h0: ArrayLike | None,
+        c0: ArrayLike | None,
+        sequence: dict[str, Any] | None,
+        ahead: dict[str, Any] | None = None,
     ) -> Prediction:
+        if self.rpc is not None and ahead is not None:
+            raise ValueError("horizon: forecasts go over HTTP (/predict's forecast option); gRPC has none")
         if self.rpc is not None:
             call, lengths = self._rpc_call(inputs, h0, c0, sequence)
             return self._rpc_prediction(await self._retried(lambda: self.rpc.infer(call, _trace_context())), lengths)
         body = _body(inputs, h0, c0)
         if sequence is not None:
             body["sequence"] = sequence
+        if ahead is not None:
+            body["forecast"] = ahead
         path = _predict_path(self.model, self.version)
 
         async def send() -> httpx.Response:

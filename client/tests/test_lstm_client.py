@@ -3,6 +3,7 @@ stands in for the service, so these run where only the client is installed."""
 
 import asyncio
 import itertools
+import json
 import pickle
 import time
 from concurrent import futures
@@ -322,3 +323,25 @@ def test_a_grpc_call_this_client_cannot_make_fails_before_it_is_sent(grpc_server
             await client.predict([[[1.0]]])
 
     asyncio.run(closed())
+
+
+def test_a_forecast_ahead_is_asked_for_and_read_back() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        forecast = [{"mean": [[5.0], [6.0]], "quantiles": {"0.1": [[4.0], [4.5]], "0.9": [[6.0], [7.5]]}}]
+        body = {"outputs": [[[5.0]]], "hn": [[[0.0]]], "cn": [[[0.0]]], "model": {"name": "m", "version": "3"}}
+        return httpx.Response(200, json={**body, "forecast": forecast})
+
+    with Client("http://lstm.invalid", transport=httpx.MockTransport(server)) as client:
+        answer = client.predict([[[1.0]]], horizon=2, quantiles=[0.1, 0.9])
+        assert seen[0]["forecast"] == {"horizon": 2, "quantiles": [0.1, 0.9]}
+        assert answer.forecast is not None and answer.forecast[0].mean.tolist() == [[5.0], [6.0]]
+        assert answer.forecast[0].quantiles["0.9"].tolist() == [[6.0], [7.5]]
+        client.predict([[[1.0]]])
+        assert "forecast" not in seen[1]
+        with pytest.raises(ValueError, match="give a horizon"):
+            client.predict([[[1.0]]], quantiles=[0.5])
+    with Client("grpc://127.0.0.1:1", model="m") as rpc, pytest.raises(ValueError, match="over HTTP"):
+        rpc.predict([[[1.0]]], horizon=2)
