@@ -188,16 +188,15 @@ def triton_config(model: LSTMForecaster, name: str, previous: Path | None = None
 
 
 def _dims_of(path: Path) -> dict[str, list[int]]:
-    """Each tensor's dims in a ``config.pbtxt`` (Triton's message; none if it does not parse)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    """Each tensor's dims in a ``config.pbtxt`` (none if it does not parse)."""
+    from service.model import repository
+    from service.model.errors import ModelLoadError
 
-    config = model_config_pb2.ModelConfig()
     try:
-        text_format.Parse(path.read_text(), config)
-    except (text_format.ParseError, UnicodeDecodeError, OSError):
+        parsed = repository.config(path)
+    except (ModelLoadError, OSError):
         return {}
-    return {t.name: list(t.dims) for t in [*config.input, *config.output]}
+    return {t.name: list(t.dims) for t in [*parsed.input, *parsed.output]}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

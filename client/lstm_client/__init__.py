@@ -67,10 +67,21 @@ class Prediction:
     forecast: list[Forecast] | None = None  # one per sequence, when predict was given a horizon
 
 
-def _body(inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None) -> dict[str, Any]:
+def _body(
+    inputs: Sequence[ArrayLike],
+    h0: ArrayLike | None,
+    c0: ArrayLike | None,
+    sequence: dict[str, Any] | None = None,
+    ahead: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``/predict`` body: the sequences, their states, a server-held sequence's chunk, the forecast option."""
     body: dict[str, Any] = {"inputs": [np.asarray(seq, dtype=np.float64).tolist() for seq in inputs]}
     if h0 is not None or c0 is not None:
         body["h0"], body["c0"] = np.asarray(h0).tolist(), np.asarray(c0).tolist()
+    if sequence is not None:
+        body["sequence"] = sequence
+    if ahead is not None:
+        body["forecast"] = ahead
     return body
 
 
@@ -229,10 +240,17 @@ class _Base:
         self.transport = transport
 
     def _rpc_call(
-        self, inputs: Sequence[ArrayLike], h0: ArrayLike | None, c0: ArrayLike | None, sequence: dict[str, Any] | None
+        self,
+        inputs: Sequence[ArrayLike],
+        h0: ArrayLike | None,
+        c0: ArrayLike | None,
+        sequence: dict[str, Any] | None,
+        ahead: dict[str, Any] | None,
     ) -> tuple[Any, list[int]]:
         from . import _grpc
 
+        if ahead is not None:
+            raise ValueError("horizon: forecasts go over HTTP (/predict's forecast option); gRPC has none")
         assert self.model is not None
         return _grpc.request(self.model, self.version, inputs, h0, c0, sequence)
 
@@ -282,16 +300,10 @@ class Client(_Base):
         sequence: dict[str, Any] | None,
         ahead: dict[str, Any] | None = None,
     ) -> Prediction:
-        if self.rpc is not None and ahead is not None:
-            raise ValueError("horizon: forecasts go over HTTP (/predict's forecast option); gRPC has none")
         if self.rpc is not None:
-            call, lengths = self._rpc_call(inputs, h0, c0, sequence)
+            call, lengths = self._rpc_call(inputs, h0, c0, sequence, ahead)
             return self._rpc_prediction(self._retried(lambda: self.rpc.infer(call, _trace_context())), lengths)
-        body = _body(inputs, h0, c0)
-        if sequence is not None:
-            body["sequence"] = sequence
-        if ahead is not None:
-            body["forecast"] = ahead
+        body = _body(inputs, h0, c0, sequence, ahead)
         path = _predict_path(self.model, self.version)
 
         def send() -> httpx.Response:
@@ -463,16 +475,10 @@ class AsyncClient(_Base):
         sequence: dict[str, Any] | None,
         ahead: dict[str, Any] | None = None,
     ) -> Prediction:
-        if self.rpc is not None and ahead is not None:
-            raise ValueError("horizon: forecasts go over HTTP (/predict's forecast option); gRPC has none")
         if self.rpc is not None:
-            call, lengths = self._rpc_call(inputs, h0, c0, sequence)
+            call, lengths = self._rpc_call(inputs, h0, c0, sequence, ahead)
             return self._rpc_prediction(await self._retried(lambda: self.rpc.infer(call, _trace_context())), lengths)
-        body = _body(inputs, h0, c0)
-        if sequence is not None:
-            body["sequence"] = sequence
-        if ahead is not None:
-            body["forecast"] = ahead
+        body = _body(inputs, h0, c0, sequence, ahead)
         path = _predict_path(self.model, self.version)
 
         async def send() -> httpx.Response:

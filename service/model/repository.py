@@ -33,16 +33,20 @@ def _version_name(name: str) -> bool:
 
 def version_policy(root: Path, name: str) -> model_config_pb2.ModelVersionPolicy:
     """The model's version policy from its ``config.pbtxt`` (Triton's message, parsed by protobuf)."""
-    path = root / name / CONFIG_FILE
-    config = model_config_pb2.ModelConfig()
+    return config(root / name / CONFIG_FILE).version_policy
+
+
+def config(path: Path) -> model_config_pb2.ModelConfig:
+    """A ``config.pbtxt`` as Triton's message (empty where there is no file; ``ModelLoadError`` if unreadable)."""
+    parsed = model_config_pb2.ModelConfig()
     if path.is_file():
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ModelLoadError(f"{path} is over {MAX_CONFIG_BYTES} bytes: not a model configuration")
         try:
-            text_format.Parse(path.read_text(), config)
+            text_format.Parse(path.read_text(), parsed)
         except (text_format.ParseError, UnicodeDecodeError) as e:
             raise ModelLoadError(f"{path} is not a Triton model configuration: {e}") from None
-    return config.version_policy
+    return parsed
 
 
 def versions(root: Path, name: str) -> list[int]:

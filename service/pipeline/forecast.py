@@ -99,9 +99,8 @@ def fits(spec: ModelSpec, asked: Ask, loc: Loc = ("forecast",)) -> None:
 
 
 def forecast(result: SequenceResult, spec: ModelSpec, asked: Ask) -> Forecast:
-    """One sequence's forecast from the outputs of its last step, by ``spec``: the version that ran it (a
-    server-held sequence's chunk may run on another version than the request was read by: checked again)."""
+    """One sequence's forecast from the outputs of its last step, by ``spec``: the version that ran it (one that
+    ``fits`` the ask: ``DataPlane`` checks another version before a sequence's chunk runs there)."""
     h = spec.horizons
-    fits(spec, asked)
     mean = h.mean(np.asarray(result.outputs[-1], dtype=np.float32), asked.horizon)
     return Forecast(mean, {quantile_key(q): h.quantile(mean, q) for q in asked.quantiles})

@@ -51,7 +51,6 @@ NAME = re.compile(r".{1,256}", re.DOTALL)
 
 @dataclass(frozen=True)
 class Series:
-    kind: str
     name: str
     frequency: str  # as the request spelt it
     forecast_start: str | None  # one period after the series' last step (None: the request gave no start)
@@ -156,7 +155,7 @@ class ForecastCodec:
             start, utc_z = _timestamp(item.get("start_timestamp"), (*loc, "start_timestamp"))
             after = None if start is None else _after(start, utc_z, frequency, len(values), (*loc, "start_timestamp"))
             x.append(values)
-            series.append(Series(kind, name, frequency, after))
+            series.append(Series(name, frequency, after))
         batch = rules.batch(x, None, None, spec, limits, PLACES)
         return Call(batch, context=Request(series, asked))
 
