@@ -27,6 +27,7 @@ from .protocols.handlers import error_for
 from .protocols.oip_routes import router as oip_router
 from .protocols.rest_routes import router
 from .protocols.websocket import Connections
+from .server import protocol
 from .server.middleware import OPEN_ROUTES, ApiKeyAuth, RequestContext
 from .server.shutdown import watch_for_stop
 from .settings import Settings, get_settings
@@ -102,6 +103,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             if s.grpc_port is not None:
                 grpc_server = await oip_grpc.GrpcServer.start(app.state, registry, s, app.version)
                 stack.push_async_callback(grpc_server.close)
+            else:  # gRPC's calls come in apart from the connections uvicorn counts
+                registry.admission.lone = protocol.lone_connection
             app.state.ready = True
             watch_for_stop()
             engine = registry.default_plane.engine

@@ -68,6 +68,31 @@ def test_a_lone_small_request_runs_on_the_event_loop(plane: DataPlane) -> None:
     assert len(answer["outputs"][0]) == 32
 
 
+@pytest.mark.parametrize("lone", [False, True], ids=["connections-unknown", "one-connection"])
+def test_a_lone_request_takes_a_turn_of_the_loop_only_when_others_may_be_on_their_way(
+    plane: DataPlane, lone: bool
+) -> None:
+    """The turn lets requests that arrived with this one be admitted (and batched with it). When the server
+    knows nothing else can be on its way (one connection open), the request runs at once, without it."""
+    plane.admission.lone = lambda: lone
+    order: list[str] = []
+    engine: Threads = plane.engine  # type: ignore[assignment]
+    predict = engine.predict
+    engine.predict = lambda batch: order.append("model") or predict(batch)  # type: ignore[method-assign]
+
+    async def read() -> bytes:  # something else becomes ready while the request is read
+        asyncio.get_running_loop().call_soon(order.append, "another callback")
+        return body(8, 0)
+
+    async def run() -> None:
+        await plane.serve(rest.CODEC, read)
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert engine.calls == [(threading.main_thread().name, 1)]  # inline either way
+    assert order == (["model", "another callback"] if lone else ["another callback", "model"])
+
+
 def test_requests_that_arrive_together_are_merged_by_the_batcher(plane: DataPlane) -> None:
     bodies = [body(32, seed) for seed in range(8)]
     together = asyncio.run(serve(plane, bodies))

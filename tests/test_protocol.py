@@ -127,3 +127,30 @@ def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
     corked.write(b"{}")
     assert raw.writes == [b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"]
     assert cycle.keep_alive is False  # uvicorn closes the connection once the answer is out
+
+
+def test_lone_connection_counts_the_workers_open_connections() -> None:
+    """One connection open: its requests come one at a time, so a request admitted alone needs no turn of the
+    event loop to learn whether others came with it (``Admission.lone``). Two open: it may not skip it."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+    async def run() -> list[bool]:
+        config = Config(app, http=GuardedHttpToolsProtocol, lifespan="off", log_level="warning")
+        config.load()
+        state, loop = ServerState(), asyncio.get_running_loop()
+        seen = []
+        first = GuardedHttpToolsProtocol(config, state, {}, loop)
+        first.connection_made(FakeTransport())  # type: ignore[arg-type]
+        seen.append(protocol.lone_connection())
+        second = GuardedHttpToolsProtocol(config, state, {}, loop)
+        second.connection_made(FakeTransport())  # type: ignore[arg-type]
+        seen.append(protocol.lone_connection())
+        first.connection_lost(None)
+        seen.append(protocol.lone_connection())
+        second.connection_lost(None)
+        seen.append(protocol.lone_connection())
+        return seen
+
+    assert asyncio.run(run()) == [True, False, True, False]

@@ -72,6 +72,9 @@ class Admission:
 
     limit: int
     admitted: int = 0
+    # Whether nothing but the one request admitted can be on its way in (the server layer sets it): then a lone
+    # request needs no turn of the event loop to find out whether others arrived with it.
+    lone: Callable[[], bool] = field(default=lambda: False, repr=False)
 
     def enter(self) -> None:
         if self.admitted >= self.limit:
@@ -236,9 +239,12 @@ class DataPlane:
 
     async def _alone(self) -> bool:
         """Whether this request is all the worker has to do, still after one turn of the event loop:
-        requests that arrived with it are admitted in that turn, and then go to the batcher together."""
+        requests that arrived with it are admitted in that turn, and then go to the batcher together. No turn
+        is needed when no other request can be on its way (``Admission.lone``)."""
         if not self._idle():
             return False
+        if self.admission.lone():
+            return True
         await asyncio.sleep(0)
         return self._idle()
 

@@ -22,6 +22,13 @@ from .middleware import CLIENT_LEFT
 
 CORK_MAX_BYTES = 64 * 1024  # a larger body goes out after the head, not copied onto it
 MAX_PIPELINED = 32  # requests queued behind the one in progress on a connection; beyond, it is closed
+_connections: set[Any] | None = None  # this worker's open HTTP and WebSocket connections (uvicorn's server state)
+
+
+def lone_connection() -> bool:
+    """Whether this worker has one connection open. Its requests come one at a time (pipelined ones wait
+    for the answer before), so while one is admitted no other can be on its way in."""
+    return _connections is not None and len(_connections) == 1
 
 
 class CorkedTransport:
@@ -84,6 +91,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        global _connections
+        _connections = self.connections  # one set per worker, shared by every connection it opens
         s = get_settings()
         self.header_timeout_s = s.header_timeout_s
         self.max_header_bytes = s.max_header_bytes
