@@ -103,8 +103,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             if s.grpc_port is not None:
                 grpc_server = await oip_grpc.GrpcServer.start(app.state, registry, s, app.version)
                 stack.push_async_callback(grpc_server.close)
-            else:  # gRPC's calls come in apart from the connections uvicorn counts
-                registry.admission.lone = protocol.lone_connection
+            else:  # gRPC's calls come in apart from the requests uvicorn counts
+                registry.admission.lone = protocol.lone_request
             app.state.ready = True
             watch_for_stop()
             engine = registry.default_plane.engine

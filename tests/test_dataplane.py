@@ -8,14 +8,19 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.model.batch import Batch, SequenceResult
 from service.model.engine import Engine
 from service.pipeline.batcher import Batcher
 from service.pipeline.dataplane import Admission, DataPlane, inline_limit
 from service.pipeline.rules import Limits
 from service.protocols import rest
+from service.server import protocol
 from service.settings import Settings
+
+from .conftest import free_port
 
 
 class Threads:
@@ -68,12 +73,12 @@ def test_a_lone_small_request_runs_on_the_event_loop(plane: DataPlane) -> None:
     assert len(answer["outputs"][0]) == 32
 
 
-@pytest.mark.parametrize("lone", [False, True], ids=["connections-unknown", "one-connection"])
+@pytest.mark.parametrize("lone", [False, True], ids=["connections-unknown", "lone-on-its-server"])
 def test_a_lone_request_takes_a_turn_of_the_loop_only_when_others_may_be_on_their_way(
     plane: DataPlane, lone: bool
 ) -> None:
-    """The turn lets requests that arrived with this one be admitted (and batched with it). When the server
-    knows nothing else can be on its way (one connection open), the request runs at once, without it."""
+    """The turn lets requests that arrived with this one be admitted (and batched with it). When its server
+    has no other request in progress, none can be on its way, and the request runs at once, without it."""
     plane.admission.lone = lambda: lone
     order: list[str] = []
     engine: Threads = plane.engine  # type: ignore[assignment]
@@ -116,9 +121,12 @@ def test_a_lone_request_over_the_inline_limit_goes_to_the_batcher(
     assert plane.engine.calls == [("lstm-batcher", 1)]  # type: ignore[attr-defined]
 
 
-def test_a_lone_request_waits_its_turn_while_the_batcher_works(plane: DataPlane) -> None:
+@pytest.mark.parametrize("lone", [False, True], ids=["connections-unknown", "lone-on-its-server"])
+def test_a_lone_request_waits_its_turn_while_the_batcher_works(plane: DataPlane, lone: bool) -> None:
     """Admitted alone, but the model is busy with other work (a stream's chunk from another model's
-    request, say): it queues for the batcher rather than run beside it on the event loop."""
+    request, say): it queues for the batcher rather than run beside it on the event loop, even when its
+    server has no other request."""
+    plane.admission.lone = lambda: lone
     engine: Threads = plane.engine  # type: ignore[assignment]
     engine.held_steps = 7
 
@@ -152,3 +160,12 @@ def test_the_inline_limit_follows_what_the_model_costs(plane: DataPlane) -> None
     assert inline_limit(engine, 0) == 0
     assert inline_limit(engine, 64, budget_s=10.0) == 64
     assert 0 <= inline_limit(engine, 64, budget_s=1e-7) < 64  # a model too slow for the budget gets less
+
+
+def test_the_app_tells_the_request_path_when_a_request_is_alone_on_its_server(settings: Settings) -> None:
+    """From uvicorn's requests in progress; not with gRPC on, whose calls come in apart from them."""
+    with TestClient(create_app(settings)) as c:
+        assert c.app.state.registry.admission.lone is protocol.lone_request  # type: ignore[attr-defined]
+    with TestClient(create_app(settings.model_copy(update={"grpc_port": free_port()}))) as c:
+        lone = c.app.state.registry.admission.lone  # type: ignore[attr-defined]
+        assert lone is not protocol.lone_request and lone() is False

@@ -129,28 +129,55 @@ def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
     assert cycle.keep_alive is False  # uvicorn closes the connection once the answer is out
 
 
-def test_lone_connection_counts_the_workers_open_connections() -> None:
-    """One connection open: its requests come one at a time, so a request admitted alone needs no turn of the
-    event loop to learn whether others came with it (``Admission.lone``). Two open: it may not skip it."""
+def test_lone_request_sees_the_other_requests_of_its_server() -> None:
+    """Requests read in one poll all have their tasks before the first runs: each sees the others (and takes a
+    turn of the loop for them, to be batched together). A request alone on its server, sees none."""
+    seen: list[bool] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        pass
+        seen.append(protocol.lone_request())
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
 
-    async def run() -> list[bool]:
+    request = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def run(connections: int) -> None:
         config = Config(app, http=GuardedHttpToolsProtocol, lifespan="off", log_level="warning")
         config.load()
         state, loop = ServerState(), asyncio.get_running_loop()
-        seen = []
-        first = GuardedHttpToolsProtocol(config, state, {}, loop)
-        first.connection_made(FakeTransport())  # type: ignore[arg-type]
-        seen.append(protocol.lone_connection())
-        second = GuardedHttpToolsProtocol(config, state, {}, loop)
-        second.connection_made(FakeTransport())  # type: ignore[arg-type]
-        seen.append(protocol.lone_connection())
-        first.connection_lost(None)
-        seen.append(protocol.lone_connection())
-        second.connection_lost(None)
-        seen.append(protocol.lone_connection())
-        return seen
+        protocols = [GuardedHttpToolsProtocol(config, state, {}, loop) for _ in range(connections)]
+        for proto in protocols:
+            proto.connection_made(FakeTransport())  # type: ignore[arg-type]
+        for proto in protocols:  # as one poll would: every connection's data, then the tasks run
+            proto.data_received(request)
+        while state.tasks:
+            await asyncio.sleep(0.01)
+        idle = GuardedHttpToolsProtocol(config, state, {}, loop)  # an idle keep-alive connection changes nothing
+        idle.connection_made(FakeTransport())  # type: ignore[arg-type]
+        protocols[0].data_received(request)
+        while state.tasks:
+            await asyncio.sleep(0.01)
+        for proto in [*protocols, idle]:
+            proto.connection_lost(None)
 
-    assert asyncio.run(run()) == [True, False, True, False]
+    asyncio.run(run(3))
+    assert seen == [False, False, False, True]
+    seen.clear()
+    asyncio.run(run(1))
+    assert seen == [True, True]
+
+
+def test_two_servers_on_one_loop_count_no_request_as_alone() -> None:
+    """Which server a request came from is unknown there, so none skips the turn (tests only: a worker runs one)."""
+
+    async def run() -> bool:
+        config = Config(lambda *_: None, http=GuardedHttpToolsProtocol, lifespan="off", log_level="warning")
+        config.load()
+        loop = asyncio.get_running_loop()
+        for state in (ServerState(), ServerState()):
+            GuardedHttpToolsProtocol(config, state, {}, loop)
+            state.tasks.add(asyncio.ensure_future(asyncio.sleep(0)))  # one request in progress on each
+        return protocol.lone_request()
+
+    assert asyncio.run(run()) is False

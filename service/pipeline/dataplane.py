@@ -72,8 +72,8 @@ class Admission:
 
     limit: int
     admitted: int = 0
-    # Whether nothing but the one request admitted can be on its way in (the server layer sets it): then a lone
-    # request needs no turn of the event loop to find out whether others arrived with it.
+    # Whether the request admitted is the only one its server has in progress (the app's lifespan sets it from
+    # the server's): then no other can be on its way in, and it needs no turn of the event loop to find out.
     lone: Callable[[], bool] = field(default=lambda: False, repr=False)
 
     def enter(self) -> None:

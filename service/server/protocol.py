@@ -5,16 +5,19 @@ uvicorn bounds idle keep-alive connections and, with ``limit_concurrency``, open
 not how long a client may take to send its headers, nor (with httptools) how large they may be:
 ``GuardedHttpToolsProtocol`` adds both (408 and 431, then the connection is closed). It builds on
 uvicorn's ``RequestResponseCycle`` (its ``transport``, ``on_response`` and ``response_started``), which
-is why ``pyproject.toml`` bounds uvicorn's version.
+is why ``pyproject.toml`` bounds uvicorn's version. ``lone_request`` tells the request path whether a request
+is the only one its server has in progress (from uvicorn's set of request tasks).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
 
 from .. import metrics
 from ..settings import get_settings
@@ -22,13 +25,17 @@ from .middleware import CLIENT_LEFT
 
 CORK_MAX_BYTES = 64 * 1024  # a larger body goes out after the head, not copied onto it
 MAX_PIPELINED = 32  # requests queued behind the one in progress on a connection; beyond, it is closed
-_connections: set[Any] | None = None  # this worker's open HTTP and WebSocket connections (uvicorn's server state)
+# Each event loop's uvicorn server state (its open connections, its requests' tasks); None where two servers share
+# one loop, which no worker does (tests might): then no request counts as alone.
+_servers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ServerState | None] = weakref.WeakKeyDictionary()
 
 
-def lone_connection() -> bool:
-    """Whether this worker has one connection open. Its requests come one at a time (pipelined ones wait
-    for the answer before), so while one is admitted no other can be on its way in."""
-    return _connections is not None and len(_connections) == 1
+def lone_request() -> bool:
+    """Whether the server running on this event loop has one request in progress: the caller's. Every HTTP
+    request has its task from when its headers are read, pipelined ones from when the one before is answered,
+    and a WebSocket connection one task for all its messages; so then no other request is on its way in."""
+    state = _servers.get(asyncio.get_running_loop())
+    return state is not None and len(state.tasks) == 1
 
 
 class CorkedTransport:
@@ -87,12 +94,13 @@ class CorkedTransport:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with a deadline and a size cap on each request's headers (refused in
-    order, after the requests pipelined before), a cap on pipelined requests, and answers in one write."""
+    order, after the requests pipelined before), a cap on pipelined requests, and answers in one write. It
+    makes its server's requests known to ``lone_request``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        global _connections
-        _connections = self.connections  # one set per worker, shared by every connection it opens
+        if _servers.setdefault(self.loop, self.server_state) is not self.server_state:
+            _servers[self.loop] = None  # another server on this loop: which one a request came from is unknown
         s = get_settings()
         self.header_timeout_s = s.header_timeout_s
         self.max_header_bytes = s.max_header_bytes
