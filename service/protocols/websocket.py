@@ -256,7 +256,8 @@ async def serve_stream(
         limit = plane.limits.max_body_bytes
         while True:
             try:
-                message = await asyncio.wait_for(ws.receive(), timeout=idle_s)
+                async with asyncio.timeout(idle_s):  # not wait_for: before Python 3.12 it starts a task per call
+                    message = await ws.receive()
             except TimeoutError:
                 raise CloseWith(NORMAL, f"idle for {idle_s:g} s") from None
             if message["type"] == "websocket.disconnect":
