@@ -1,10 +1,18 @@
 """WebSocket streaming: results equal /predict with states passed back; limits and close codes."""
 
+import asyncio
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 import pytest
+import uvloop
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from service.protocols import websocket
 from service.settings import Settings
 
 from .conftest import app_client
@@ -109,3 +117,36 @@ def test_unknown_model_and_api_keys(settings: Settings) -> None:
         with pytest.raises(WebSocketDisconnect) as closed, c.websocket_connect(nope, headers=auth) as ws:
             ws.receive_json()
         assert closed.value.code == 1008
+
+
+@pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop], ids=["uvloop", "asyncio"])
+def test_a_message_that_came_by_the_idle_deadline_is_read_not_closed_as_idle(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """The loop is busy (other requests) past the deadline while the message arrives: the socket's reader
+    queues it in the same turn as the deadline fires, before the stream's reader runs. It is still the
+    stream's next message, not an idle close (``asyncio.timeout`` alone would lose it; ``wait_for`` did not)."""
+
+    async def main() -> tuple[Any, float]:
+        queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()  # what uvicorn's WebSocket protocol reads from
+        ws = SimpleNamespace(receive=queue.get)
+        loop = asyncio.get_running_loop()
+
+        def busy_while_it_arrives() -> None:
+            time.sleep(0.15)  # past the deadline; the message came meanwhile: its I/O callback runs next turn
+            loop.call_soon(queue.put_nowait, {"type": "websocket.receive", "text": "chunk"})
+
+        loop.call_later(0.02, busy_while_it_arrives)
+        message = await websocket.next_message(ws, 0.1)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        with pytest.raises(TimeoutError):  # and with nothing sent, the wait ends at the deadline
+            await websocket.next_message(ws, 0.05)  # type: ignore[arg-type]
+        return message, time.perf_counter() - start
+
+    loop = loop_factory()
+    try:
+        message, idle = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert message == {"type": "websocket.receive", "text": "chunk"}
+    assert 0.05 <= idle < 1.0

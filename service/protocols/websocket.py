@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from starlette.types import Message as AsgiMessage
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import metrics, tracing
@@ -241,6 +242,19 @@ async def refuse(ws: WebSocket, code: int, reason: str) -> None:
     await ws.close(code, _clip(reason))
 
 
+async def next_message(ws: WebSocket, idle_s: float) -> AsgiMessage:
+    """The stream's next message, or TimeoutError once ``idle_s`` passed without one. A message that came by
+    the deadline while the event loop was busy elsewhere is read, not lost: the deadline can fire before the
+    waiting reader runs, so a wait that timed out looks once more, without waiting (``timeout(0)`` cancels
+    only a read that would wait). Not ``asyncio.wait_for``: before Python 3.12 it starts a task per call."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await ws.receive()
+    except TimeoutError:
+        async with asyncio.timeout(0):
+            return await ws.receive()
+
+
 async def serve_stream(
     ws: WebSocket, plane: DataPlane, connections: Connections, max_streams: int, idle_s: float
 ) -> None:
@@ -256,8 +270,7 @@ async def serve_stream(
         limit = plane.limits.max_body_bytes
         while True:
             try:
-                async with asyncio.timeout(idle_s):  # not wait_for: before Python 3.12 it starts a task per call
-                    message = await ws.receive()
+                message = await next_message(ws, idle_s)
             except TimeoutError:
                 raise CloseWith(NORMAL, f"idle for {idle_s:g} s") from None
             if message["type"] == "websocket.disconnect":
