@@ -73,7 +73,7 @@ def test_a_lone_small_request_runs_on_the_event_loop(plane: DataPlane) -> None:
     assert len(answer["outputs"][0]) == 32
 
 
-@pytest.mark.parametrize("lone", [False, True], ids=["connections-unknown", "lone-on-its-server"])
+@pytest.mark.parametrize("lone", [False, True], ids=["others-may-come", "alone-on-its-server"])
 def test_a_lone_request_takes_a_turn_of_the_loop_only_when_others_may_be_on_their_way(
     plane: DataPlane, lone: bool
 ) -> None:
@@ -121,7 +121,7 @@ def test_a_lone_request_over_the_inline_limit_goes_to_the_batcher(
     assert plane.engine.calls == [("lstm-batcher", 1)]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("lone", [False, True], ids=["connections-unknown", "lone-on-its-server"])
+@pytest.mark.parametrize("lone", [False, True], ids=["others-may-come", "alone-on-its-server"])
 def test_a_lone_request_waits_its_turn_while_the_batcher_works(plane: DataPlane, lone: bool) -> None:
     """Admitted alone, but the model is busy with other work (a stream's chunk from another model's
     request, say): it queues for the batcher rather than run beside it on the event loop, even when its
