@@ -82,7 +82,9 @@ class ModelSpec:
         versions that read the same may run each other's requests (their outputs may differ)."""
         return self.input_size, self.num_layers, self.hidden_size
 
+    @functools.cached_property
     def graph(self) -> dict[str, TensorSpec]:
+        """The graph's tensors by name (once per version: every /v2 request reads it; read only)."""
         return tensors(self.input_size, self.output_size, self.hidden_size, self.num_layers)
 
     def zero_states(self, batch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -370,7 +370,7 @@ def _float(arrays: dict[str, np.ndarray], name: str, shape: tuple[int | None, ..
 
 def _batch(arrays: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Batch:
     """The tensors as the pipeline's batch: each sequence cut to its own length, so padding costs nothing."""
-    graph = spec.graph()
+    graph = spec.graph
     if "x" not in arrays:
         raise InvalidInput([error(("inputs",), "Input 'x' is required", "missing")])
     x = arrays["x"]
@@ -406,7 +406,7 @@ def error_response(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
 
 
 def model_metadata(spec: ModelSpec, versions: list[str]) -> dict[str, Any]:
-    graph = spec.graph()
+    graph = spec.graph
 
     def entries(names: tuple[str, ...]) -> list[dict[str, Any]]:
         return [{"name": n, "datatype": graph[n].datatype, "shape": list(graph[n].dims)} for n in names]
