@@ -8,7 +8,7 @@ its request the horizon and the quantiles are (``loc``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,18 @@ OPTION_FIELDS = ("horizon", "quantiles")
 class Ask:
     horizon: int  # steps ahead of each sequence's last step
     quantiles: tuple[float, ...] = ()
+    loc: Loc = ("forecast",)  # where the request asked, for an error about it
+
+    def fits(self, spec: ModelSpec) -> None:
+        """That ``spec`` can give this forecast (read against another version of its model: a server-held
+        sequence's chunk runs on the version the sequence started on)."""
+        h, reach = spec.horizons, spec.horizons.quantile_range
+        quantiles_fit = not self.quantiles or (
+            reach is not None and reach[0] <= min(self.quantiles) and max(self.quantiles) <= reach[1]
+        )
+        if self.horizon > h.steps or not quantiles_fit:
+            msg = f"Version {spec.version} of model {spec.name}, which this sequence runs on, cannot give this forecast"
+            raise InvalidInput([error(self.loc, msg, "horizon")])
 
 
 @dataclass(frozen=True)
@@ -77,25 +89,14 @@ def option(value: Any, spec: ModelSpec, loc: Loc) -> Ask:
         raise InvalidInput([error((*loc, extra[0][:64]), "Extra inputs are not permitted", "extra_forbidden")])
     if "horizon" not in value:
         raise InvalidInput([error((*loc, "horizon"), "Field required", "missing")])
-    return ask(spec, value["horizon"], value.get("quantiles"), (*loc, "horizon"), (*loc, "quantiles"))
+    asked = ask(spec, value["horizon"], value.get("quantiles"), (*loc, "horizon"), (*loc, "quantiles"))
+    return replace(asked, loc=loc)
 
 
 def answer(result: SequenceResult, spec: ModelSpec, asked: Ask) -> dict[str, Any]:
     """One sequence's forecast as the JSON protocols answer it: ``{"mean", "quantiles"}``."""
     ahead = forecast(result, spec, asked)
     return {"mean": ahead.mean, "quantiles": ahead.quantiles}
-
-
-def fits(spec: ModelSpec, asked: Ask, loc: Loc = ("forecast",)) -> None:
-    """That ``spec`` can give the forecast ``asked`` (read against another version of its model: a server-held
-    sequence's chunk runs on the version the sequence started on)."""
-    h, reach = spec.horizons, spec.horizons.quantile_range
-    quantiles_fit = not asked.quantiles or (
-        reach is not None and reach[0] <= min(asked.quantiles) and max(asked.quantiles) <= reach[1]
-    )
-    if asked.horizon > h.steps or not quantiles_fit:
-        msg = f"Version {spec.version} of model {spec.name}, which this sequence runs on, cannot give this forecast"
-        raise InvalidInput([error(loc, msg, "horizon")])
 
 
 def forecast(result: SequenceResult, spec: ModelSpec, asked: Ask) -> Forecast:

@@ -9,7 +9,6 @@ for invalid input and 413 for a body over the limit; ``{"detail": "..."}`` for t
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -67,7 +66,7 @@ class RestCodec:
         asked = None
         if "forecast" in keys and doc["forecast"] is not None:
             asked = forecast.option(reader.plain(doc["forecast"]), spec, ("body", "forecast"))
-        fits = None if asked is None else functools.partial(forecast.fits, asked=asked, loc=("body", "forecast"))
+        fits = None if asked is None else asked.fits
         return Call(batch, explain, PLACES.explain, context=asked, sequence=ref, fits=fits)
 
     def encode(self, call: Call[forecast.Ask], outcome: Outcome, spec: ModelSpec) -> bytes:

@@ -25,7 +25,6 @@ deadline, 1000 after ``LSTM_STREAM_IDLE_S`` without a message.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -183,7 +182,7 @@ class StreamCodec:
             ref = sequences.read_ref(reader, msg["sequence"], ("sequence",))
             batch = rules.batch([x], given.get("h0"), given.get("c0"), spec, limits, PLACES, explain)  # none: zeros
             rules.sequence_batch(batch, ref, bool(given), PLACES)
-            fits = None if asked is None else functools.partial(forecast.fits, asked=asked)
+            fits = None if asked is None else asked.fits
             return Call(batch, explain, PLACES.explain, Message(name, "sequence", asked=asked), ref, fits)
         if name not in self.streams and len(self.streams) >= self.max_streams:
             raise TooManySequences(f"at most {self.max_streams} streams per connection")
