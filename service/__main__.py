@@ -17,10 +17,12 @@ import signal
 import socket
 import sys
 import tempfile
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
+from .model import cores
 from .model.errors import ModelLoadError
 from .server.logs import log_config
 from .settings import CONTROL_JOURNAL_ENV, get_settings
@@ -75,6 +77,12 @@ def main() -> int:
         # A load or unload answered by one worker is written here; the others follow it.
         folders.append(tempfile.mkdtemp(prefix="lstm-control-"))
         os.environ[CONTROL_JOURNAL_ENV] = f"{folders[-1]}/journal.json"
+    if s.wide_min_steps and (s.workers or 1) > 1 and not os.environ.get(cores.BOARD_ENV):
+        # Each worker posts its requests in progress here; a large model call takes every core only when the
+        # others post none.
+        folders.append(tempfile.mkdtemp(prefix="lstm-cores-"))
+        cores.make(Path(folders[-1]) / "board", s.workers or 1)
+        os.environ[cores.BOARD_ENV] = f"{folders[-1]}/board"
     if not s.state_url:
         # Server-held sequences: one file every worker of this server opens (and the app, when it runs in
         # this process: the settings are read again), gone when the server stops.

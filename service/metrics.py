@@ -55,6 +55,12 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+WIDE_CALLS = Counter(
+    "lstm_wide_calls_total",
+    "ONNX Runtime calls that ran on every core while the server's other workers were idle (LSTM_WIDE_MIN_STEPS), "
+    "by model and version.",
+    ["model", "version"],
+)
 MODEL_ERRORS = Counter(
     "lstm_model_request_errors_total",
     "Inference requests (WebSocket messages included) a model version answered with an error.",

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         ge=0,
     )
     inter_op_threads: int = _doc(1, "ONNX Runtime threads across operators.", ge=0)
+    wide_min_steps: int = _doc(
+        512,
+        "With several workers on the CPU, a model call of at least this many steps (sequences x padded steps, "
+        "16 padded steps or more) runs on every core when no other worker has a request in progress; 0: each "
+        "call keeps to its worker's share.",
+        ge=0,
+    )
     batching: bool = _doc(True, "Merge concurrent requests into one batch for the model.")
     batch_max_size: int = _doc(64, "Sequences in one merged batch (a larger request runs alone).", ge=1)
     batch_max_delay_ms: float = _doc(

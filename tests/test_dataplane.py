@@ -27,6 +27,8 @@ class Threads:
     """The engine, recording which thread ran each call and how many sequences it held; a call of
     ``held_steps`` steps waits for ``gate``."""
 
+    wide_calls = 0  # the tiny engine has no session on more threads
+
     def __init__(self, engine: Engine) -> None:
         self.engine, self.calls = engine, []
         self.spec = engine.spec

@@ -7,7 +7,7 @@ import pytest
 
 from service.model import repository
 from service.model.batch import Batch
-from service.model.engine import Engine
+from service.model.engine import Engine, Wide
 from service.model.errors import ModelLoadError
 
 from .conftest import windows
@@ -105,3 +105,69 @@ def test_missing_metadata(model_copy: Path) -> None:
     (model_copy / "metadata.json").unlink()
     with pytest.raises(ModelLoadError, match=r"metadata\.json is missing"):
         Engine.load(model_copy, provider="cpu")
+
+
+class Idle:
+    """The other workers as a wide engine sees them: idle or not, as a test says."""
+
+    def __init__(self) -> None:
+        self.now = True
+
+    def __call__(self) -> bool:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def wide_engine(repo: Path) -> tuple[Engine, Idle]:
+    idle = Idle()
+    return Engine.load(repo / "tiny" / "1", "cpu", intra_op_threads=1, wide=Wide(2, 64, idle)), idle
+
+
+def test_a_large_call_runs_on_every_core_only_while_the_other_workers_are_idle(
+    wide_engine: tuple[Engine, Idle], weather: np.ndarray, rng: np.random.Generator
+) -> None:
+    engine, idle = wide_engine
+    assert engine.wide is not None
+    calls = engine.wide_calls
+
+    def wide_after(lengths: list[int], others_idle: bool) -> int:
+        nonlocal calls
+        idle.now = others_idle
+        engine.predict(_batch(engine, windows(weather, lengths, rng)))
+        ran, calls = engine.wide_calls - calls, engine.wide_calls
+        return ran
+
+    assert wide_after([16] * 4, True) == 1  # 4 x 16 = 64 steps: large enough
+    assert wide_after([16] * 4, False) == 0  # another worker has requests in progress
+    assert wide_after([16] * 3, True) == 0  # 48 steps: below the setting
+    assert wide_after([8] * 8, True) == 0  # 64 steps, but of fewer than WIDE_MIN_PADDED_STEPS each
+    idle.now = True
+
+
+@pytest.mark.parametrize("lengths", [[16] * 4, [40, 17, 33, 16, 25], [300, 16, 70], [20] * 33])
+def test_the_wide_session_answers_as_the_workers_own(
+    wide_engine: tuple[Engine, Idle], engine: Engine, lengths: list[int], weather: np.ndarray, rng: np.random.Generator
+) -> None:
+    wide, idle = wide_engine
+    idle.now = True
+    seqs = windows(weather, lengths, rng)
+    h0, c0 = (rng.standard_normal((2, len(seqs), 8)).astype(np.float32) * 0.5 for _ in range(2))
+    calls = wide.wide_calls
+    on_all = wide.predict(Batch([s.astype(np.float32) for s in seqs], h0, c0))
+    assert wide.wide_calls > calls
+    own = engine.predict(Batch([s.astype(np.float32) for s in seqs], h0, c0))
+    for a, b in zip(on_all, own, strict=True):
+        np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-5)
+        np.testing.assert_allclose(a.hn, b.hn, atol=1e-6)
+        np.testing.assert_allclose(a.cn, b.cn, atol=1e-6)
+
+
+def test_no_wide_session_where_it_adds_no_threads_and_none_after_release(repo: Path) -> None:
+    folder = repo / "tiny" / "1"
+    assert Engine.load(folder, "cpu", intra_op_threads=2, wide=Wide(2, 64, Idle())).wide is None
+    assert Engine.load(folder, "cpu", intra_op_threads=0, wide=Wide(4, 64, Idle())).wide is None  # ORT's own: all
+    assert Engine.load(folder, "cpu", intra_op_threads=1).wide is None
+    e = Engine.load(folder, "cpu", intra_op_threads=1, wide=Wide(2, 64, Idle()))
+    e.warmup()  # both sessions
+    e.release()
+    assert e.wide is None

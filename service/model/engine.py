@@ -8,6 +8,8 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,18 @@ CALL_MAX_STEPS: int = Settings.model_fields["call_max_steps"].default
 SHRINK_STEPS = 4096  # after a call larger than this, the CPU arena returns what the call took
 _SHRINK = ort.RunOptions()
 _SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+WIDE_MIN_PADDED_STEPS = 16  # a call of fewer steps runs on its own threads: the threads meet at every step
+
+
+@dataclass(frozen=True)
+class Wide:
+    """Large calls on every core while the server's other workers are idle (``cores``): ``threads`` for a second
+    session, used for a CPU call of at least ``min_steps`` (sequences x padded steps, and at least
+    WIDE_MIN_PADDED_STEPS of them) when ``others_idle()`` says so."""
+
+    threads: int
+    min_steps: int
+    others_idle: Callable[[], bool]
 
 
 def _read_metadata(folder: Path) -> dict[str, Any]:
@@ -105,11 +119,13 @@ def _preload_cuda_wheels() -> None:
         ort.preload_dlls()
 
 
-def _session_options(intra_op_threads: int | None, inter_op_threads: int) -> ort.SessionOptions:
+def _session_options(intra_op_threads: int | None, inter_op_threads: int, spin: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads or 0  # 0: ONNX Runtime's choice
     opts.inter_op_num_threads = inter_op_threads
+    if not spin:  # idle threads sleep at once instead of spinning on cores that other workers use
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -123,9 +139,12 @@ class Engine:
         folder: Path,
         chunk_steps: int = CHUNK_STEPS,
         call_max_steps: int = CALL_MAX_STEPS,
+        wide: tuple[ort.InferenceSession, Wide] | None = None,
     ) -> None:
         self.spec = spec
         self.session = session
+        self.wide = wide  # the session on every core, and when to use it
+        self.wide_calls = 0  # calls that ran on it
         self.folder = folder
         self.chunk_steps = chunk_steps
         self.call_max_steps = max(call_max_steps, chunk_steps)  # a chunk of one sequence always fits
@@ -152,8 +171,10 @@ class Engine:
         inter_op_threads: int = 1,
         chunk_steps: int = CHUNK_STEPS,
         call_max_steps: int = CALL_MAX_STEPS,
+        wide: Wide | None = None,
     ) -> Engine:
-        """Load <folder>/model.onnx. ``provider``: auto (CUDA where usable, else CPU), cuda (required) or cpu."""
+        """Load <folder>/model.onnx. ``provider``: auto (CUDA where usable, else CPU), cuda (required) or cpu.
+        ``wide``: also a session on more threads than ``intra_op_threads``, for large calls (CPU only)."""
         model_path = folder / MODEL_FILE
         if not model_path.is_file():
             raise ModelLoadError(f"{model_path} is missing")
@@ -180,20 +201,38 @@ class Engine:
             )
         if want_cuda and actual[0] != CUDA:
             log.warning("CUDA is not usable here; ONNX Runtime fell back to %s", actual[0])
-        if _digest(model_path.read_bytes()) != revision:  # the revision must name the bytes the session holds
+        wide_session = None
+        if wide is not None and actual[0] == CPU and wide.threads > (intra_op_threads or 0) > 0:
+            try:
+                options = _session_options(wide.threads, inter_op_threads, spin=False)
+                wide_session = (ort.InferenceSession(str(model_path), options, providers=[CPU]), wide)
+            except Exception as e:  # as above
+                raise ModelLoadError(f"{model_path} cannot be loaded by ONNX Runtime: {e}") from None
+        if _digest(model_path.read_bytes()) != revision:  # the revision must name the bytes the sessions hold
             raise ModelLoadError(f"{model_path} changed while it was loading: load it again")
-        engine = cls(_spec(folder, meta, session, revision), session, folder, chunk_steps, call_max_steps)
+        spec = _spec(folder, meta, session, revision)
+        engine = cls(spec, session, folder, chunk_steps, call_max_steps, wide_session)
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine
 
     def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """One ONNX Runtime call on a padded batch. A call larger than SHRINK_STEPS gives the memory its
         activations took back to the system afterwards: ONNX Runtime's arena otherwise keeps its peak."""
-        feeds = dict(zip(INPUTS, (x, h0, c0, lengths.astype(self.lengths_dtype, copy=False)), strict=True))
-        options = _SHRINK if x.shape[0] * x.shape[1] > SHRINK_STEPS else None
-        self.steps_run += x.shape[0] * x.shape[1]
-        out: list[np.ndarray] = self.session.run(_OUTPUTS, feeds, options)
+        feeds = self._feeds(x, h0, c0, lengths)
+        rows, padded = x.shape[:2]
+        options = _SHRINK if rows * padded > SHRINK_STEPS else None
+        self.steps_run += rows * padded
+        session, pair = self.session, self.wide
+        if pair is not None:
+            wide_session, wide = pair
+            if padded >= WIDE_MIN_PADDED_STEPS and rows * padded >= wide.min_steps and wide.others_idle():
+                session = wide_session
+                self.wide_calls += 1
+        out: list[np.ndarray] = session.run(_OUTPUTS, feeds, options)
         return out
+
+    def _feeds(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(INPUTS, (x, h0, c0, lengths.astype(self.lengths_dtype, copy=False)), strict=True))
 
     def predict(self, batch: Batch) -> list[SequenceResult]:
         """One result per sequence, in order: exactly its own steps and the states after its own last step."""
@@ -242,10 +281,14 @@ class Engine:
         """Let go of the ONNX Runtime sessions (the model's, and the explainer's if built), so that their memory
         returns now: for a version that stopped serving and answered what it admitted. Nothing runs after."""
         del self.session
+        self.wide = None
         self._explainer = None
 
     def warmup(self) -> None:
-        """One small inference, so the first request does not pay for lazy initialisation."""
+        """One small inference on each session, so the first request does not pay for lazy initialisation."""
         x = np.zeros((2, self.spec.input_size), dtype=np.float32)
         x += np.asarray(self.spec.metadata.get("feature_means", 0.0), dtype=np.float32)
         self.predict(Batch([x], *self.spec.zero_states(1)))
+        if self.wide is not None:  # its threads start on its first call
+            x = np.zeros((2, WIDE_MIN_PADDED_STEPS, self.spec.input_size), dtype=np.float32)
+            self.wide[0].run(_OUTPUTS, self._feeds(x, *self.spec.zero_states(2), np.full(2, WIDE_MIN_PADDED_STEPS)))

@@ -24,10 +24,10 @@ from typing import Any
 from anyio.to_thread import run_sync as run_in_threadpool
 
 from .. import metrics
-from ..model import repository
-from ..model.engine import Engine
+from ..model import cores, repository
+from ..model.engine import Engine, Wide
 from ..model.errors import ModelLoadError
-from ..settings import Settings
+from ..settings import Settings, available_cpus
 from ..state import open_store
 from ..state.store import SequenceStore, Terms
 from .batcher import Batcher
@@ -87,9 +87,14 @@ class Registry:
         store, forget = open_store(s.state_url, terms)
         sequences = Sequences(store)
 
+        board = cores.board() if s.wide_min_steps else None
+        if board is not None:
+            admission.post = board.post
+        wide = None if board is None else Wide(available_cpus(), s.wide_min_steps, board.others_idle)
+
         def build(folder: Path) -> DataPlane:
             engine = Engine.load(
-                folder, s.provider, s.intra_op_threads, s.inter_op_threads, s.chunk_steps, s.call_max_steps
+                folder, s.provider, s.intra_op_threads, s.inter_op_threads, s.chunk_steps, s.call_max_steps, wide
             )
             engine.warmup()
             batcher = None
