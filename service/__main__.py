@@ -22,8 +22,8 @@ from types import FrameType
 
 import uvicorn
 
-from .model import cores
 from .model.errors import ModelLoadError
+from .pipeline import cores
 from .server.logs import log_config
 from .settings import CONTROL_JOURNAL_ENV, get_settings
 
@@ -81,8 +81,8 @@ def main() -> int:
         # Each worker posts its requests in progress here; a large model call takes every core only when the
         # others post none.
         folders.append(tempfile.mkdtemp(prefix="lstm-cores-"))
-        cores.make(Path(folders[-1]) / "board", s.workers or 1)
-        os.environ[cores.BOARD_ENV] = f"{folders[-1]}/board"
+        cores.make(Path(folders[-1]), s.workers or 1)
+        os.environ[cores.BOARD_ENV] = folders[-1]
     if not s.state_url:
         # Server-held sequences: one file every worker of this server opens (and the app, when it runs in
         # this process: the settings are read again), gone when the server stops.

@@ -14,6 +14,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Not a setting: ``python -m service`` sets it for its workers (a file they share, ``pipeline.control.Journal``).
 CONTROL_JOURNAL_ENV = "LSTM_CONTROL_JOURNAL"
+# A call on every core (LSTM_WIDE_MIN_STEPS): two threads that meet at every step pay for it from about 16
+# sequences x 16 steps, and lose below (performance.md); a worker quiet for less may be between two requests.
+WIDE_MIN_ROWS = 8
+WIDE_MIN_PADDED_STEPS = 16
+WIDE_QUIET_S = 0.01
 SHARED_STORES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")  # LSTM_STATE_URL's Valkey/Redis
 
 
@@ -68,9 +73,11 @@ class Settings(BaseSettings):
     inter_op_threads: int = _doc(1, "ONNX Runtime threads across operators.", ge=0)
     wide_min_steps: int = _doc(
         512,
-        "With several workers on the CPU, a model call of at least this many steps (sequences x padded steps, "
-        "16 padded steps or more) runs on every core when no other worker has a request in progress; 0: each "
-        "call keeps to its worker's share.",
+        "With several workers (`python -m service`) on the CPU, a model call of at least this many sequences x "
+        f"padded steps (and of {WIDE_MIN_ROWS} sequences and {WIDE_MIN_PADDED_STEPS} steps or more) runs on "
+        f"every core when no other worker has had a request in progress for {WIDE_QUIET_S * 1000:g} ms, on a "
+        "second ONNX "
+        "Runtime session per version; 0, or `LSTM_INTRA_OP_THREADS=0`: each call keeps to its worker's share.",
         ge=0,
     )
     batching: bool = _doc(True, "Merge concurrent requests into one batch for the model.")

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import metrics
 from service.model.batch import Batch, merge
-from service.model.engine import Engine, Wide
-from service.pipeline.batcher import Batcher, timed_predict
+from service.model.engine import Engine
+from service.pipeline.batcher import Batcher
 from service.settings import Settings
 
 from .conftest import ROOT, windows
@@ -20,8 +19,6 @@ from .conftest import ROOT, windows
 
 class Recording:
     """The engine, with a record of each batch it ran."""
-
-    wide_calls = 0  # the tiny engine has no session on more threads
 
     def __init__(self, engine: Engine, gate: threading.Event | None = None) -> None:
         self.engine, self.spec, self.gate, self.calls = engine, engine.spec, gate, []
@@ -98,8 +95,6 @@ def test_limits_of_one_merged_call(engine: Engine, weather: np.ndarray, rng: np.
 
 def test_a_failing_call_fails_its_requests_and_the_worker_goes_on(engine: Engine, rng: np.random.Generator) -> None:
     class Flaky:
-        wide_calls = 0
-
         def __init__(self) -> None:
             self.calls, self.spec = 0, engine.spec
 
@@ -153,12 +148,3 @@ def test_workers_and_threads_share_the_cores() -> None:
     auto = Settings()
     assert auto.workers is not None and 1 <= auto.workers <= 4
     assert Settings(workers=1, intra_op_threads=3).intra_op_threads == 3
-
-
-def test_a_call_on_every_core_is_counted(repo: Path, rng: np.random.Generator) -> None:
-    wide = Engine.load(repo / "tiny" / "1", "cpu", intra_op_threads=1, wide=Wide(2, 64, lambda: True))
-    counted = metrics.WIDE_CALLS.labels("tiny", "1")
-    before = counted._value.get()
-    timed_predict(wide, request(wide, [np.ones((16, 4), dtype=np.float32)] * 4, rng))  # 64 steps: on every core
-    timed_predict(wide, request(wide, [np.ones((16, 4), dtype=np.float32)] * 3, rng))  # 48: on its own
-    assert wide.wide_calls == 1 and counted._value.get() == before + 1

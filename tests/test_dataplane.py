@@ -15,6 +15,7 @@ from service.model.batch import Batch, SequenceResult
 from service.model.engine import Engine
 from service.pipeline.batcher import Batcher
 from service.pipeline.dataplane import Admission, DataPlane, inline_limit
+from service.pipeline.errors import InvalidInput, Overloaded
 from service.pipeline.rules import Limits
 from service.protocols import rest
 from service.server import protocol
@@ -26,8 +27,6 @@ from .conftest import free_port
 class Threads:
     """The engine, recording which thread ran each call and how many sequences it held; a call of
     ``held_steps`` steps waits for ``gate``."""
-
-    wide_calls = 0  # the tiny engine has no session on more threads
 
     def __init__(self, engine: Engine) -> None:
         self.engine, self.calls = engine, []
@@ -171,3 +170,28 @@ def test_the_app_tells_the_request_path_when_a_request_is_alone_on_its_server(se
     with TestClient(create_app(settings.model_copy(update={"grpc_port": free_port()}))) as c:
         lone = c.app.state.registry.admission.lone  # type: ignore[attr-defined]
         assert lone is not protocol.lone_request and lone() is False
+
+
+def test_admission_posts_its_count_for_the_other_workers_and_a_refusal_posts_nothing() -> None:
+    posted: list[int] = []
+    admission = Admission(2, post=posted.append)
+    admission.enter()
+    admission.enter()
+    with pytest.raises(Overloaded):
+        admission.enter()
+    admission.leave()
+    admission.leave()
+    assert posted == [1, 2, 1, 0]
+
+
+def test_every_request_posts_its_admission_and_its_end_answered_or_refused(plane: DataPlane) -> None:
+    posted: list[int] = []
+    plane.admission.post = posted.append
+    asyncio.run(serve(plane, [body(3, 0)]))
+
+    async def invalid() -> bytes:
+        return b"{}"
+
+    with pytest.raises(InvalidInput):
+        asyncio.run(plane.serve(rest.CODEC, invalid))
+    assert posted == [1, 0, 1, 0]

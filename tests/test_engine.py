@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from service.model import repository
 from service.model.batch import Batch
@@ -120,7 +121,20 @@ class Idle:
 @pytest.fixture(scope="module")
 def wide_engine(repo: Path) -> tuple[Engine, Idle]:
     idle = Idle()
-    return Engine.load(repo / "tiny" / "1", "cpu", intra_op_threads=1, wide=Wide(2, 64, idle)), idle
+    return Engine.load(repo / "tiny" / "1", "cpu", intra_op_threads=1, wide=Wide(2, 160, idle)), idle
+
+
+def wide_count() -> float:
+    return REGISTRY.get_sample_value("lstm_wide_calls_total", {"model": "tiny", "version": "1"}) or 0.0
+
+
+def test_the_wide_session_runs_on_every_core_without_spinning(wide_engine: tuple[Engine, Idle]) -> None:
+    engine, _ = wide_engine
+    assert engine.wide_session is not None
+    options = engine.wide_session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert engine.session.get_session_options().intra_op_num_threads == 1
 
 
 def test_a_large_call_runs_on_every_core_only_while_the_other_workers_are_idle(
@@ -128,34 +142,41 @@ def test_a_large_call_runs_on_every_core_only_while_the_other_workers_are_idle(
 ) -> None:
     engine, idle = wide_engine
     assert engine.wide is not None
-    calls = engine.wide_calls
+    calls, counted = engine.wide_calls, wide_count()
 
-    def wide_after(lengths: list[int], others_idle: bool) -> int:
+    def wide_after(lengths: list[int], others_idle: bool = True) -> int:
         nonlocal calls
         idle.now = others_idle
         engine.predict(_batch(engine, windows(weather, lengths, rng)))
         ran, calls = engine.wide_calls - calls, engine.wide_calls
         return ran
 
-    assert wide_after([16] * 4, True) == 1  # 4 x 16 = 64 steps: large enough
-    assert wide_after([16] * 4, False) == 0  # another worker has requests in progress
-    assert wide_after([16] * 3, True) == 0  # 48 steps: below the setting
-    assert wide_after([8] * 8, True) == 0  # 64 steps, but of fewer than WIDE_MIN_PADDED_STEPS each
+    assert wide_after([20] * 8) == 1  # 8 sequences x 20 steps = 160: large enough
+    assert wide_after([20] * 8, others_idle=False) == 0  # another worker has had requests in progress
+    assert wide_after([16] * 9) == 0  # 144 steps: below the setting
+    assert wide_after([40] * 7) == 0  # 280 steps, of fewer than WIDE_MIN_ROWS sequences
+    assert wide_after([12] * 16) == 0  # 192 steps, of fewer than WIDE_MIN_PADDED_STEPS each
+    with engine.wide.busy:  # a call on every core already runs in this process (another model, another thread)
+        assert wide_after([20] * 8) == 0
+    assert wide_after([20] * 8) == 1
+    assert wide_count() == counted + 2  # lstm_wide_calls_total
     idle.now = True
 
 
-@pytest.mark.parametrize("lengths", [[16] * 4, [40, 17, 33, 16, 25], [300, 16, 70], [20] * 33])
+@pytest.mark.parametrize("lengths", [[20] * 8, [40, 37, 33, 36, 35, 40, 38, 39], [300] * 8 + [16] * 4, [20] * 33])
 def test_the_wide_session_answers_as_the_workers_own(
-    wide_engine: tuple[Engine, Idle], engine: Engine, lengths: list[int], weather: np.ndarray, rng: np.random.Generator
+    wide_engine: tuple[Engine, Idle], lengths: list[int], weather: np.ndarray, rng: np.random.Generator
 ) -> None:
-    wide, idle = wide_engine
-    idle.now = True
+    engine, idle = wide_engine
     seqs = windows(weather, lengths, rng)
     h0, c0 = (rng.standard_normal((2, len(seqs), 8)).astype(np.float32) * 0.5 for _ in range(2))
-    calls = wide.wide_calls
-    on_all = wide.predict(Batch([s.astype(np.float32) for s in seqs], h0, c0))
-    assert wide.wide_calls > calls
-    own = engine.predict(Batch([s.astype(np.float32) for s in seqs], h0, c0))
+    batch = Batch([s.astype(np.float32) for s in seqs], h0, c0)
+    idle.now, calls = True, engine.wide_calls
+    on_all = engine.predict(batch)
+    assert engine.wide_calls > calls
+    idle.now = False
+    own = engine.predict(batch)
+    idle.now = True
     for a, b in zip(on_all, own, strict=True):
         np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-5)
         np.testing.assert_allclose(a.hn, b.hn, atol=1e-6)
@@ -164,10 +185,11 @@ def test_the_wide_session_answers_as_the_workers_own(
 
 def test_no_wide_session_where_it_adds_no_threads_and_none_after_release(repo: Path) -> None:
     folder = repo / "tiny" / "1"
-    assert Engine.load(folder, "cpu", intra_op_threads=2, wide=Wide(2, 64, Idle())).wide is None
-    assert Engine.load(folder, "cpu", intra_op_threads=0, wide=Wide(4, 64, Idle())).wide is None  # ORT's own: all
-    assert Engine.load(folder, "cpu", intra_op_threads=1).wide is None
+    assert Engine.load(folder, "cpu", intra_op_threads=2, wide=Wide(2, 64, Idle())).wide_session is None
+    assert Engine.load(folder, "cpu", intra_op_threads=0, wide=Wide(4, 64, Idle())).wide_session is None  # all
+    assert Engine.load(folder, "cpu", intra_op_threads=1).wide_session is None
     e = Engine.load(folder, "cpu", intra_op_threads=1, wide=Wide(2, 64, Idle()))
+    assert e.wide_session is not None
     e.warmup()  # both sessions
     e.release()
-    assert e.wide is None
+    assert e.wide is None and e.wide_session is None

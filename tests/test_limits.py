@@ -38,8 +38,6 @@ def test_total_values_limit_is_a_422(settings: Settings) -> None:
 class Gated:
     """An engine whose calls wait at a gate; counts what ran."""
 
-    wide_calls = 0  # the tiny engine has no session on more threads
-
     def __init__(self, engine: Engine) -> None:
         self.engine, self.spec, self.gate, self.ran = engine, engine.spec, threading.Event(), 0
 

@@ -71,7 +71,12 @@ def test_metrics_of_several_workers_add_up(repo: Path) -> None:
         with httpx.Client(base_url=url) as http:
             for _ in range(20):  # new connections: the kernel spreads them over both workers
                 assert httpx.post(f"{url}/predict", json={"inputs": [[ROW]]}).status_code == 200
-            text = http.get("/metrics").text
+            # A request is counted once its answer is sent: the last one may be a moment behind this scrape.
+            deadline = time.monotonic() + 5
+            while sample(text := http.get("/metrics").text, "lstm_requests_total", route="/predict", status="200") < 20:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
         assert sample(text, "lstm_requests_total", route="/predict", status="200") == 20
         assert sample(text, "lstm_model_info", name="tiny", version="1", provider="CPUExecutionProvider") == 1
         proc.terminate()

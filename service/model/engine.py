@@ -9,14 +9,15 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from ..settings import Settings
+from .. import metrics
+from ..settings import WIDE_MIN_PADDED_STEPS, WIDE_MIN_ROWS, Settings
 from . import schedule
 from .batch import Batch, SequenceResult
 from .contract import INPUTS, METADATA_FILE, MODEL_FILE, OUTPUTS, ModelSpec
@@ -34,18 +35,19 @@ CALL_MAX_STEPS: int = Settings.model_fields["call_max_steps"].default
 SHRINK_STEPS = 4096  # after a call larger than this, the CPU arena returns what the call took
 _SHRINK = ort.RunOptions()
 _SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-WIDE_MIN_PADDED_STEPS = 16  # a call of fewer steps runs on its own threads: the threads meet at every step
 
 
 @dataclass(frozen=True)
 class Wide:
-    """Large calls on every core while the server's other workers are idle (``cores``): ``threads`` for a second
-    session, used for a CPU call of at least ``min_steps`` (sequences x padded steps, and at least
-    WIDE_MIN_PADDED_STEPS of them) when ``others_idle()`` says so."""
+    """Large calls on every core while the server's other workers are idle (``pipeline.cores``): ``threads``
+    for a second session, used for a CPU call of at least ``min_steps`` sequences x padded steps (and of
+    WIDE_MIN_ROWS sequences and WIDE_MIN_PADDED_STEPS steps) when ``others_idle()`` says so; one such call at
+    a time in the process (``busy``), whatever model or thread makes it."""
 
     threads: int
     min_steps: int
     others_idle: Callable[[], bool]
+    busy: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
 
 def _read_metadata(folder: Path) -> dict[str, Any]:
@@ -139,12 +141,13 @@ class Engine:
         folder: Path,
         chunk_steps: int = CHUNK_STEPS,
         call_max_steps: int = CALL_MAX_STEPS,
-        wide: tuple[ort.InferenceSession, Wide] | None = None,
+        wide: Wide | None = None,
+        wide_session: ort.InferenceSession | None = None,
     ) -> None:
         self.spec = spec
         self.session = session
-        self.wide = wide  # the session on every core, and when to use it
-        self.wide_calls = 0  # calls that ran on it
+        self.wide, self.wide_session = wide, wide_session  # when to use every core, and the session that does
+        self.wide_calls = 0  # calls that ran on it (one at a time: under ``wide.busy``)
         self.folder = folder
         self.chunk_steps = chunk_steps
         self.call_max_steps = max(call_max_steps, chunk_steps)  # a chunk of one sequence always fits
@@ -171,6 +174,7 @@ class Engine:
         inter_op_threads: int = 1,
         chunk_steps: int = CHUNK_STEPS,
         call_max_steps: int = CALL_MAX_STEPS,
+        *,
         wide: Wide | None = None,
     ) -> Engine:
         """Load <folder>/model.onnx. ``provider``: auto (CUDA where usable, else CPU), cuda (required) or cpu.
@@ -205,13 +209,13 @@ class Engine:
         if wide is not None and actual[0] == CPU and wide.threads > (intra_op_threads or 0) > 0:
             try:
                 options = _session_options(wide.threads, inter_op_threads, spin=False)
-                wide_session = (ort.InferenceSession(str(model_path), options, providers=[CPU]), wide)
+                wide_session = ort.InferenceSession(str(model_path), options, providers=[CPU])
             except Exception as e:  # as above
                 raise ModelLoadError(f"{model_path} cannot be loaded by ONNX Runtime: {e}") from None
         if _digest(model_path.read_bytes()) != revision:  # the revision must name the bytes the sessions hold
             raise ModelLoadError(f"{model_path} changed while it was loading: load it again")
         spec = _spec(folder, meta, session, revision)
-        engine = cls(spec, session, folder, chunk_steps, call_max_steps, wide_session)
+        engine = cls(spec, session, folder, chunk_steps, call_max_steps, wide if wide_session else None, wide_session)
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine
 
@@ -222,13 +226,24 @@ class Engine:
         rows, padded = x.shape[:2]
         options = _SHRINK if rows * padded > SHRINK_STEPS else None
         self.steps_run += rows * padded
-        session, pair = self.session, self.wide
-        if pair is not None:
-            wide_session, wide = pair
-            if padded >= WIDE_MIN_PADDED_STEPS and rows * padded >= wide.min_steps and wide.others_idle():
-                session = wide_session
-                self.wide_calls += 1
-        out: list[np.ndarray] = session.run(_OUTPUTS, feeds, options)
+        wide, wide_session = self.wide, self.wide_session
+        if (
+            wide is not None
+            and wide_session is not None
+            and rows >= WIDE_MIN_ROWS
+            and padded >= WIDE_MIN_PADDED_STEPS
+            and rows * padded >= wide.min_steps
+            and wide.busy.acquire(blocking=False)
+        ):
+            try:
+                if wide.others_idle():
+                    self.wide_calls += 1
+                    metrics.WIDE_CALLS.labels(self.spec.name, self.spec.version).inc()
+                    out: list[np.ndarray] = wide_session.run(_OUTPUTS, feeds, options)
+                    return out
+            finally:
+                wide.busy.release()
+        out = self.session.run(_OUTPUTS, feeds, options)
         return out
 
     def _feeds(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
@@ -281,7 +296,7 @@ class Engine:
         """Let go of the ONNX Runtime sessions (the model's, and the explainer's if built), so that their memory
         returns now: for a version that stopped serving and answered what it admitted. Nothing runs after."""
         del self.session
-        self.wide = None
+        self.wide = self.wide_session = None
         self._explainer = None
 
     def warmup(self) -> None:
@@ -289,6 +304,7 @@ class Engine:
         x = np.zeros((2, self.spec.input_size), dtype=np.float32)
         x += np.asarray(self.spec.metadata.get("feature_means", 0.0), dtype=np.float32)
         self.predict(Batch([x], *self.spec.zero_states(1)))
-        if self.wide is not None:  # its threads start on its first call
+        if self.wide_session is not None:  # its threads start on its first call
             x = np.zeros((2, WIDE_MIN_PADDED_STEPS, self.spec.input_size), dtype=np.float32)
-            self.wide[0].run(_OUTPUTS, self._feeds(x, *self.spec.zero_states(2), np.full(2, WIDE_MIN_PADDED_STEPS)))
+            lengths = np.full(2, WIDE_MIN_PADDED_STEPS)
+            self.wide_session.run(_OUTPUTS, self._feeds(x, *self.spec.zero_states(2), lengths))

@@ -40,13 +40,11 @@ class _Job:
 
 def timed_predict(engine: Engine, batch: Batch) -> list[SequenceResult]:
     """``engine.predict``, counted in the model-call metrics (time and sequences), wherever it runs."""
-    start, wide = time.perf_counter(), engine.wide_calls
+    start = time.perf_counter()
     results = engine.predict(batch)
     inference, batch_size = metrics.call_series(engine.spec.name, engine.spec.version)
     inference.observe(time.perf_counter() - start)
     batch_size.observe(batch.size)
-    if engine.wide_calls != wide:
-        metrics.WIDE_CALLS.labels(engine.spec.name, engine.spec.version).inc(engine.wide_calls - wide)
     return results
 
 

@@ -75,9 +75,9 @@ class Admission:
     # Whether the request admitted is the only one its server has in progress (the app's lifespan sets it from
     # the server's): then no other can be on its way in, and it needs no turn of the event loop to find out.
     lone: Callable[[], bool] = field(default=lambda: False, repr=False)
-    # Where the count goes for the server's other workers to see (``model.cores``: the registry sets it when the
+    # Where the count goes for the server's other workers to see (``pipeline.cores``: the registry sets it when the
     # server has a board of its workers).
-    post: Callable[[int], None] | None = field(default=None, repr=False)
+    post: Callable[[int], None] = field(default=lambda n: None, repr=False)
 
     def enter(self) -> None:
         if self.admitted >= self.limit:
@@ -85,14 +85,12 @@ class Admission:
             raise Overloaded(f"{self.admitted} requests are in progress, the most this worker admits; retry shortly")
         self.admitted += 1
         metrics.QUEUE_DEPTH.inc()
-        if self.post is not None:
-            self.post(self.admitted)
+        self.post(self.admitted)
 
     def leave(self) -> None:
         self.admitted -= 1
         metrics.QUEUE_DEPTH.dec()
-        if self.post is not None:
-            self.post(self.admitted)
+        self.post(self.admitted)
 
 
 INLINE_BUDGET_S = 0.002  # the longest a model call may hold the event loop

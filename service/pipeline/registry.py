@@ -24,12 +24,13 @@ from typing import Any
 from anyio.to_thread import run_sync as run_in_threadpool
 
 from .. import metrics
-from ..model import cores, repository
+from ..model import repository
 from ..model.engine import Engine, Wide
 from ..model.errors import ModelLoadError
 from ..settings import Settings, available_cpus
 from ..state import open_store
 from ..state.store import SequenceStore, Terms
+from . import cores
 from .batcher import Batcher
 from .dataplane import Admission, DataPlane, inline_limit
 from .errors import ModelInUse, NotReady, UnknownModel
@@ -94,7 +95,7 @@ class Registry:
 
         def build(folder: Path) -> DataPlane:
             engine = Engine.load(
-                folder, s.provider, s.intra_op_threads, s.inter_op_threads, s.chunk_steps, s.call_max_steps, wide
+                folder, s.provider, s.intra_op_threads, s.inter_op_threads, s.chunk_steps, s.call_max_steps, wide=wide
             )
             engine.warmup()
             batcher = None
