@@ -107,6 +107,7 @@ def running_server(
         "LSTM_PROVIDER": "cpu",
         "LSTM_STATE_URL": f"sqlite://{state.name}/sequences.db",
         CONTROL_JOURNAL_ENV: f"{state.name}/control/journal.json",  # removed with it, even after a kill
+        "TMPDIR": state.name,  # the folders it makes for its workers (metrics, the cores' board) too
         **(env or {}),
     }
     proc = subprocess.Popen(

@@ -13,7 +13,7 @@ import torch
 
 from service.model.batch import Batch
 from service.model.contract import METADATA_FILE, MODEL_CARD_FILE, MODEL_FILE
-from service.model.engine import Engine
+from service.model.engine import Engine, Wide
 from training import quantize
 from training.__main__ import main
 from training.export import ExportError, export, load_checkpoint, to_onnx
@@ -150,3 +150,12 @@ def test_per_channel_int8_weights_explain_too(
     (mine,), (ran,) = engine.explain(batch), engine.predict(batch)
     np.testing.assert_allclose(mine["hidden"][:, -1], ran.hn, atol=0.01)
     np.testing.assert_allclose(mine["cell"][:, -1], ran.cn, atol=0.02)
+
+
+def test_an_int8_version_keeps_to_its_workers_threads(int8: Path, repo: Path) -> None:
+    """Its answers move with its thread count: no session on every core for it (ModelSpec.exact)."""
+    wide = Wide(2, 64, lambda: True)
+    quantized = Engine.load(int8, "cpu", intra_op_threads=1, wide=wide)
+    assert not quantized.spec.exact and quantized.wide_session is None
+    exact = Engine.load(repo / "tiny" / "1", "cpu", intra_op_threads=1, wide=wide)
+    assert exact.spec.exact and exact.wide_session is not None

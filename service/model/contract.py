@@ -77,6 +77,12 @@ class ModelSpec:
         """How far ahead it forecasts, and its intervals (checked when the model loads)."""
         return Horizons.read(self.metadata, self.output_size, self.target_names)
 
+    @property
+    def exact(self) -> bool:
+        """Whether its answers are the same however its calls are made. An int8 version's are not: its activations
+        are quantized with a scale made per ONNX Runtime call, and its threads split the work differently."""
+        return self.metadata.get("precision") != "int8"
+
     def reads(self) -> tuple[int, int, int]:
         """What a request is read and checked against: values per step, and the states' layers and units. Two
         versions that read the same may run each other's requests (their outputs may differ)."""

@@ -206,7 +206,9 @@ class Engine:
         if want_cuda and actual[0] != CUDA:
             log.warning("CUDA is not usable here; ONNX Runtime fell back to %s", actual[0])
         wide_session = None
-        if wide is not None and actual[0] == CPU and wide.threads > (intra_op_threads or 0) > 0:
+        spec = _spec(folder, meta, session, revision)
+        # An int8 version's answers move with its thread count (ModelSpec.exact): it keeps to its own.
+        if wide is not None and spec.exact and actual[0] == CPU and wide.threads > (intra_op_threads or 0) > 0:
             try:
                 options = _session_options(wide.threads, inter_op_threads, spin=False)
                 wide_session = ort.InferenceSession(str(model_path), options, providers=[CPU])
@@ -214,7 +216,6 @@ class Engine:
                 raise ModelLoadError(f"{model_path} cannot be loaded by ONNX Runtime: {e}") from None
         if _digest(model_path.read_bytes()) != revision:  # the revision must name the bytes the sessions hold
             raise ModelLoadError(f"{model_path} changed while it was loading: load it again")
-        spec = _spec(folder, meta, session, revision)
         engine = cls(spec, session, folder, chunk_steps, call_max_steps, wide if wide_session else None, wide_session)
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine

@@ -281,7 +281,7 @@ def preferred(planes: dict[str, DataPlane]) -> str:
     only when named (or pinned by LSTM_MODEL_VERSION): its activations are quantized with a scale made per
     ONNX Runtime call, so its answers move with what else the call holds (other sequences, a chunk's length)
     and a stream sent in chunks is not one whole call."""
-    exact = [v for v, p in planes.items() if p.engine.spec.metadata.get("precision") != "int8"]
+    exact = [v for v, p in planes.items() if p.engine.spec.exact]
     return max(exact or planes, key=int)
 
 
