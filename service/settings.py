@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Not a setting: ``python -m service`` sets it for its workers (a file they share, ``pipeline.control.Journal``).
 CONTROL_JOURNAL_ENV = "LSTM_CONTROL_JOURNAL"
-# A call on every core (LSTM_WIDE_MIN_STEPS): two threads that meet at every step pay for it from about 16
-# sequences x 16 steps, and lose below (performance.md); a worker quiet for less may be between two requests.
+# A call on every core (LSTM_WIDE_MIN_STEPS): two threads that meet at every step pay from 8 sequences of 16 steps
+# or more (8 x 64: 1.42x), and gain little or lose with fewer sequences or steps (1 x 512: 1.03x; 4 x 32: 0.58x;
+# 8 x 4: 0.79x; performance.md); a worker quiet for less than WIDE_QUIET_S may be between two requests.
 WIDE_MIN_ROWS = 8
 WIDE_MIN_PADDED_STEPS = 16
 WIDE_QUIET_S = 0.01

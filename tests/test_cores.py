@@ -212,7 +212,7 @@ def test_a_server_of_two_workers_runs_a_large_request_on_every_core_when_the_oth
         while not (len(_workers(proc.pid)) == 2 and ready(url)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not set(workers) & set(_workers(proc.pid)) and len(_workers(proc.pid)) == 2
-        before = wide_calls(url)  # the heavy requests' own calls may have run on every core too
+        before = wide_calls(url)  # what the workers killed counted stays counted
         for n in (1, 2):
             post(url, large)
             assert wide_calls(url) == (before + n if wide else 0)
@@ -224,3 +224,14 @@ def ready(url: str) -> bool:
         return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_board_that_cannot_be_used_is_refused_and_holds_nothing(board: Path, boards: list) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    (board / "slot-3.lock").unlink()  # a slot's lock gone
+    with pytest.raises(OSError):
+        cores.Board(board)
+    assert len(os.listdir("/proc/self/fd")) == fds  # every file it opened is closed again
+    (board / "slot-3.lock").touch()
+    boards.append(cores.Board(board))
+    assert boards[0].slot == 0  # the failed one kept no slot

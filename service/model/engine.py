@@ -37,17 +37,28 @@ _SHRINK = ort.RunOptions()
 _SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Wide:
     """Large calls on every core while the server's other workers are idle (``pipeline.cores``): ``threads``
     for a second session, used for a CPU call of at least ``min_steps`` sequences x padded steps (and of
-    WIDE_MIN_ROWS sequences and WIDE_MIN_PADDED_STEPS steps) when ``others_idle()`` says so; one such call at
-    a time in the process (``busy``), whatever model or thread makes it."""
+    WIDE_MIN_ROWS sequences and WIDE_MIN_PADDED_STEPS steps) when ``others_idle()`` says so and no other
+    model call runs in this process (one Wide per process: every engine's calls count, whatever thread)."""
 
     threads: int
     min_steps: int
     others_idle: Callable[[], bool]
-    busy: threading.Lock = field(default_factory=threading.Lock, compare=False)
+    running: int = 0  # model calls in progress in this process
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def start(self) -> bool:
+        """One more call in progress; whether it is the only one."""
+        with self.lock:
+            self.running += 1
+            return self.running == 1
+
+    def end(self) -> None:
+        with self.lock:
+            self.running -= 1
 
 
 def _read_metadata(folder: Path) -> dict[str, Any]:
@@ -147,7 +158,7 @@ class Engine:
         self.spec = spec
         self.session = session
         self.wide, self.wide_session = wide, wide_session  # when to use every core, and the session that does
-        self.wide_calls = 0  # calls that ran on it (one at a time: under ``wide.busy``)
+        self.wide_calls = 0  # calls that ran on it
         self.folder = folder
         self.chunk_steps = chunk_steps
         self.call_max_steps = max(call_max_steps, chunk_steps)  # a chunk of one sequence always fits
@@ -216,7 +227,8 @@ class Engine:
                 raise ModelLoadError(f"{model_path} cannot be loaded by ONNX Runtime: {e}") from None
         if _digest(model_path.read_bytes()) != revision:  # the revision must name the bytes the sessions hold
             raise ModelLoadError(f"{model_path} changed while it was loading: load it again")
-        engine = cls(spec, session, folder, chunk_steps, call_max_steps, wide if wide_session else None, wide_session)
+        wide = wide if wide_session is not None else None
+        engine = cls(spec, session, folder, chunk_steps, call_max_steps, wide, wide_session)
         log.info("loaded %s version %s on %s", engine.spec.name, engine.spec.version, engine.provider)
         return engine
 
@@ -228,24 +240,21 @@ class Engine:
         options = _SHRINK if rows * padded > SHRINK_STEPS else None
         self.steps_run += rows * padded
         wide, wide_session = self.wide, self.wide_session
-        if (
-            wide is not None
-            and wide_session is not None
-            and rows >= WIDE_MIN_ROWS
-            and padded >= WIDE_MIN_PADDED_STEPS
-            and rows * padded >= wide.min_steps
-            and wide.busy.acquire(blocking=False)
-        ):
-            try:
-                if wide.others_idle():
-                    self.wide_calls += 1
-                    metrics.WIDE_CALLS.labels(self.spec.name, self.spec.version).inc()
-                    out: list[np.ndarray] = wide_session.run(_OUTPUTS, feeds, options)
-                    return out
-            finally:
-                wide.busy.release()
-        out = self.session.run(_OUTPUTS, feeds, options)
-        return out
+        if wide is None or wide_session is None:
+            out: list[np.ndarray] = self.session.run(_OUTPUTS, feeds, options)
+            return out
+        alone = wide.start()
+        try:
+            large = rows >= WIDE_MIN_ROWS and padded >= WIDE_MIN_PADDED_STEPS and rows * padded >= wide.min_steps
+            if not (alone and large and wide.others_idle()):
+                out = self.session.run(_OUTPUTS, feeds, options)
+                return out
+            out = wide_session.run(_OUTPUTS, feeds, options)
+            self.wide_calls += 1  # alone in the process: no other call counts at once
+            metrics.WIDE_CALLS.labels(self.spec.name, self.spec.version).inc()
+            return out
+        finally:
+            wide.end()
 
     def _feeds(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(INPUTS, (x, h0, c0, lengths.astype(self.lengths_dtype, copy=False)), strict=True))

@@ -31,6 +31,7 @@ log = logging.getLogger("service")
 BOARD_ENV = "LSTM_CORES_BOARD"  # set by python -m service for its workers: the board's folder
 WORDS = 2  # per slot: requests in progress, and when there were last none (monotonic ns)
 QUIET_S = WIDE_QUIET_S  # a worker with none in progress for less than this may be between two requests
+CLAIM_PASSES = 3
 
 
 def make(folder: Path, workers: int) -> None:
@@ -45,23 +46,32 @@ class Board:
     """This worker's view of the board: its own slot, written by it alone, and the others', read."""
 
     def __init__(self, folder: Path) -> None:
-        size = (folder / "board").stat().st_size
-        slots = size // (WORDS * 8)
-        if slots < 1 or size % (WORDS * 8):
-            raise ValueError(f"{folder / 'board'} is no board ({size} bytes)")
-        self.locks = [os.open(folder / f"slot-{i}.lock", os.O_RDWR) for i in range(slots)]
+        self.locks: list[int] = []
+        self.mm: mmap.mmap | None = None
         try:
-            self.slot = next(i for i, fd in enumerate(self.locks) if _take(fd))
-        except StopIteration:
-            self._close_locks()
-            raise ValueError(f"every slot of {folder} is taken") from None
+            with open(folder / "board", "r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                slots = size // (WORDS * 8)
+                if slots < 1 or size % (WORDS * 8):
+                    raise ValueError(f"{folder / 'board'} is no board ({size} bytes)")
+                self.mm = mmap.mmap(f.fileno(), size)
+            for i in range(slots):
+                self.locks.append(os.open(folder / f"slot-{i}.lock", os.O_RDWR))
+            self.slot = self._claim(folder)
         except BaseException:
-            self._close_locks()
+            self._close()
             raise
-        with open(folder / "board", "r+b") as f:
-            self.mm = mmap.mmap(f.fileno(), size)
         self.words = memoryview(self.mm).cast("q")  # slot i: [2i] in progress, [2i + 1] when it last had none
         self.words[WORDS * self.slot : WORDS * (self.slot + 1)] = memoryview(bytes(WORDS * 8)).cast("q")
+
+    def _claim(self, folder: Path) -> int:
+        """The first free slot; a few passes, since another worker's look at a free slot holds it a moment."""
+        for attempt in range(CLAIM_PASSES):
+            for slot, fd in enumerate(self.locks):
+                if _take(fd):
+                    return slot
+            time.sleep(0.01 * (attempt + 1))
+        raise ValueError(f"every slot of {folder} is taken")
 
     def post(self, in_progress: int) -> None:
         if in_progress == 0:
@@ -81,24 +91,27 @@ class Board:
 
     def close(self) -> None:
         self.words.release()
-        self.mm.close()
-        self._close_locks()
+        self._close()
 
-    def _close_locks(self) -> None:
+    def _close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
         for fd in self.locks:
             os.close(fd)
 
 
 def _take(fd: int) -> bool:
+    """Whether this process now holds the slot (any failure: it does not)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:
         return False
     return True
 
 
 def _held(fd: int) -> bool:
-    """Whether another worker holds this slot (a try at taking it, given back at once)."""
+    """Whether another worker holds this slot (a try at taking it, given back at once; when the try fails for
+    any reason, it counts as held: the cautious answer)."""
     if not _take(fd):
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
