@@ -77,8 +77,8 @@ class Settings(BaseSettings):
         "With several workers (`python -m service`) on the CPU, a model call of at least this many sequences x "
         f"padded steps (and of {WIDE_MIN_ROWS} sequences and {WIDE_MIN_PADDED_STEPS} steps or more) runs on "
         f"every core when no other worker has had a request in progress for {WIDE_QUIET_S * 1000:g} ms, on a "
-        "second ONNX "
-        "Runtime session per version; 0, or `LSTM_INTRA_OP_THREADS=0`: each call keeps to its worker's share.",
+        "second ONNX Runtime session per version; 0, or `LSTM_INTRA_OP_THREADS=0`: each call keeps to its worker's "
+        "share.",
         ge=0,
     )
     batching: bool = _doc(True, "Merge concurrent requests into one batch for the model.")
